@@ -1,0 +1,255 @@
+//! amisim's domain: the EC2 image, snapshot, volume and instance rules, as pure functions.
+//!
+//! - [`decide`]`(state, ctx, command)` checks a write against the current [`State`] in EC2's
+//!   order of checks (EC2_SEMANTICS.md §4.8) and returns the events it causes plus the reply, or
+//!   the exact EC2 error. It writes nothing.
+//! - [`State::apply`] folds one logged event into the state; every projection is such a fold.
+//! - [`query`] answers the Describe calls from a state snapshot.
+//!
+//! Pure: no I/O, no clock reads, no tokio. Time (`now_ms`) and randomness (a seeded RNG, for
+//! ids) arrive in [`Ctx`], so a decision is reproducible from its inputs.
+//!
+//! Layout: one module per resource family, each owning its parse → check → events → render
+//! (`image`, `snapshot`, `volume`, `instance`, `tags`); `tick` fires timed transitions;
+//! `filter` holds Describe filters and pagination shared by all; `mapping` validates block
+//! device mappings; `state` is the projection; `timing` the simulated durations and quotas.
+
+pub mod error;
+pub mod filter;
+pub mod ids;
+pub mod image;
+pub mod instance;
+pub mod mapping;
+pub mod snapshot;
+pub mod state;
+pub mod tags;
+pub mod tick;
+pub mod time;
+pub mod timing;
+pub mod volume;
+
+#[cfg(test)]
+mod testkit;
+
+use std::collections::HashSet;
+
+pub use amisim_proto as proto;
+use amisim_proto::event::Payload;
+use amisim_proto::*;
+use rand::RngCore;
+
+pub use error::{Ec2Error, Ec2Result, ErrorClass, ErrorCode};
+pub use state::State;
+pub use timing::Config;
+
+/// What a decision needs besides the state: who asks, where, when, and a seeded RNG for ids.
+pub struct Ctx<'a> {
+    /// The region this state belongs to (`us-east-1`).
+    pub region: &'a str,
+    /// The caller's 12-digit account id, or [`ids::SYSTEM_ACCOUNT`] for timers.
+    pub account_id: &'a str,
+    /// Simulated now, ms since the Unix epoch.
+    pub now_ms: u64,
+    pub rng: &'a mut dyn RngCore,
+    pub config: &'a Config,
+    /// Ids handed out during this decision (so two new resources never share one).
+    issued: HashSet<String>,
+}
+
+impl<'a> Ctx<'a> {
+    pub fn new(
+        region: &'a str,
+        account_id: &'a str,
+        now_ms: u64,
+        rng: &'a mut dyn RngCore,
+        config: &'a Config,
+    ) -> Self {
+        Ctx {
+            region,
+            account_id,
+            now_ms,
+            rng,
+            config,
+            issued: HashSet::new(),
+        }
+    }
+
+    /// A fresh id of `kind`, unused in `state` and in this decision.
+    pub fn new_id(&mut self, kind: ids::Kind, state: &State) -> String {
+        loop {
+            let id = ids::generate(kind, self.rng);
+            if !state.id_taken(&id) && self.issued.insert(id.clone()) {
+                return id;
+            }
+        }
+    }
+
+    /// A fresh UUID-shaped string.
+    pub fn new_uuid(&mut self) -> String {
+        ids::generate_uuid(self.rng)
+    }
+
+    /// The read context of the same caller.
+    pub fn read(&self) -> ReadCtx<'a> {
+        ReadCtx {
+            region: self.region,
+            account_id: self.account_id,
+            now_ms: self.now_ms,
+        }
+    }
+}
+
+/// What a read needs: who asks, where, and when (progress is computed from `now_ms`).
+#[derive(Debug, Clone, Copy)]
+pub struct ReadCtx<'a> {
+    pub region: &'a str,
+    pub account_id: &'a str,
+    pub now_ms: u64,
+}
+
+/// A write: the EC2 request messages themselves, plus the internal timer tick.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Command {
+    RegisterImage(RegisterImageRequest),
+    CreateImage(CreateImageRequest),
+    DeregisterImage(DeregisterImageRequest),
+    CreateVolume(CreateVolumeRequest),
+    DeleteVolume(DeleteVolumeRequest),
+    AttachVolume(AttachVolumeRequest),
+    DetachVolume(DetachVolumeRequest),
+    CreateSnapshot(CreateSnapshotRequest),
+    DeleteSnapshot(DeleteSnapshotRequest),
+    RunInstances(RunInstancesRequest),
+    StopInstances(StopInstancesRequest),
+    StartInstances(StartInstancesRequest),
+    TerminateInstances(TerminateInstancesRequest),
+    CreateTags(CreateTagsRequest),
+    DeleteTags(DeleteTagsRequest),
+    /// Fire every timer due at or before `ctx.now_ms` (system account).
+    Tick,
+}
+
+impl Command {
+    /// The EC2 action name.
+    pub fn action(&self) -> &'static str {
+        match self {
+            Command::RegisterImage(_) => "RegisterImage",
+            Command::CreateImage(_) => "CreateImage",
+            Command::DeregisterImage(_) => "DeregisterImage",
+            Command::CreateVolume(_) => "CreateVolume",
+            Command::DeleteVolume(_) => "DeleteVolume",
+            Command::AttachVolume(_) => "AttachVolume",
+            Command::DetachVolume(_) => "DetachVolume",
+            Command::CreateSnapshot(_) => "CreateSnapshot",
+            Command::DeleteSnapshot(_) => "DeleteSnapshot",
+            Command::RunInstances(_) => "RunInstances",
+            Command::StopInstances(_) => "StopInstances",
+            Command::StartInstances(_) => "StartInstances",
+            Command::TerminateInstances(_) => "TerminateInstances",
+            Command::CreateTags(_) => "CreateTags",
+            Command::DeleteTags(_) => "DeleteTags",
+            Command::Tick => "Tick",
+        }
+    }
+}
+
+/// The answer to a write, as the EC2 response message.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Reply {
+    RegisterImage(RegisterImageResponse),
+    CreateImage(CreateImageResponse),
+    DeregisterImage(DeregisterImageResponse),
+    CreateVolume(Volume),
+    DeleteVolume(DeleteVolumeResponse),
+    AttachVolume(VolumeAttachment),
+    DetachVolume(VolumeAttachment),
+    CreateSnapshot(amisim_proto::Snapshot),
+    DeleteSnapshot(DeleteSnapshotResponse),
+    RunInstances(Reservation),
+    StopInstances(StopInstancesResponse),
+    StartInstances(StartInstancesResponse),
+    TerminateInstances(TerminateInstancesResponse),
+    CreateTags(CreateTagsResponse),
+    DeleteTags(DeleteTagsResponse),
+    Tick,
+}
+
+/// The outcome of a write: the events to log (in order) and the reply to send once they are
+/// durable. No events (an idempotent retry, a tick with nothing due) is a valid outcome.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Decision {
+    pub events: Vec<Payload>,
+    pub reply: Reply,
+}
+
+/// Decides a write. Never panics; on error nothing is to be written.
+pub fn decide(state: &State, ctx: &mut Ctx<'_>, command: Command) -> Ec2Result<Decision> {
+    match command {
+        Command::RegisterImage(r) => image::register_image(state, ctx, r),
+        Command::CreateImage(r) => image::create_image(state, ctx, r),
+        Command::DeregisterImage(r) => image::deregister_image(state, ctx, r),
+        Command::CreateVolume(r) => volume::create_volume(state, ctx, r),
+        Command::DeleteVolume(r) => volume::delete_volume(state, ctx, r),
+        Command::AttachVolume(r) => volume::attach_volume(state, ctx, r),
+        Command::DetachVolume(r) => volume::detach_volume(state, ctx, r),
+        Command::CreateSnapshot(r) => snapshot::create_snapshot(state, ctx, r),
+        Command::DeleteSnapshot(r) => snapshot::delete_snapshot(state, ctx, r),
+        Command::RunInstances(r) => instance::run_instances(state, ctx, r),
+        Command::StopInstances(r) => instance::stop_instances(state, ctx, r),
+        Command::StartInstances(r) => instance::start_instances(state, ctx, r),
+        Command::TerminateInstances(r) => instance::terminate_instances(state, ctx, r),
+        Command::CreateTags(r) => tags::create_tags(state, ctx, r),
+        Command::DeleteTags(r) => tags::delete_tags(state, ctx, r),
+        Command::Tick => tick::tick(state, ctx),
+    }
+}
+
+/// A read.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Query {
+    DescribeImages(DescribeImagesRequest),
+    DescribeSnapshots(DescribeSnapshotsRequest),
+    DescribeVolumes(DescribeVolumesRequest),
+    DescribeInstances(DescribeInstancesRequest),
+}
+
+/// The answer to a read.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Answer {
+    DescribeImages(DescribeImagesResponse),
+    DescribeSnapshots(DescribeSnapshotsResponse),
+    DescribeVolumes(DescribeVolumesResponse),
+    DescribeInstances(DescribeInstancesResponse),
+}
+
+/// Answers a read from a state snapshot.
+pub fn query(state: &State, ctx: &ReadCtx<'_>, q: Query) -> Ec2Result<Answer> {
+    Ok(match q {
+        Query::DescribeImages(r) => Answer::DescribeImages(image::describe_images(state, ctx, r)?),
+        Query::DescribeSnapshots(r) => {
+            Answer::DescribeSnapshots(snapshot::describe_snapshots(state, ctx, r)?)
+        }
+        Query::DescribeVolumes(r) => {
+            Answer::DescribeVolumes(volume::describe_volumes(state, ctx, r)?)
+        }
+        Query::DescribeInstances(r) => {
+            Answer::DescribeInstances(instance::describe_instances(state, ctx, r)?)
+        }
+    })
+}
+
+/// The state after `events` (to render a reply from what the decision will produce).
+pub fn preview(state: &State, events: &[Payload]) -> State {
+    let mut s = state.clone();
+    for e in events {
+        s.apply_payload(e);
+    }
+    s
+}
+
+/// A stable fingerprint of a request's parameters (for ClientToken idempotency): SHA-256 of its
+/// protobuf encoding with the token and `dry_run` cleared by the caller.
+pub fn fingerprint<M: prost::Message>(m: &M) -> String {
+    use sha2::{Digest, Sha256};
+    hex::encode(Sha256::digest(m.encode_to_vec()))
+}

@@ -1,0 +1,130 @@
+//! Timed transitions. The node sends [`crate::Command::Tick`] when simulated time reaches the
+//! earliest due timer ([`State::next_due_ms`]); the tick turns every due timer into its event,
+//! in due-time order. Because timers are derived from events, a restarted node re-arms them by
+//! replaying its log.
+
+use amisim_proto::event::Payload;
+use amisim_proto::*;
+
+use crate::error::Ec2Result;
+use crate::state::{ImageState, InstanceState, SnapshotState, State, Timer};
+use crate::{Ctx, Decision, Reply};
+
+/// Fires every timer due at or before `ctx.now_ms`.
+pub fn tick(state: &State, ctx: &mut Ctx<'_>) -> Ec2Result<Decision> {
+    let mut scratch = state.clone();
+    let mut events = Vec::new();
+    // Each fired timer's event removes it from `scratch.timers`; a bound keeps a faulty timer
+    // from looping forever.
+    for _ in 0..100_000 {
+        let Some((due, timer)) = scratch.timers.get_min().cloned() else {
+            break;
+        };
+        if due > ctx.now_ms {
+            break;
+        }
+        let fired = fire(&scratch, &timer, ctx);
+        scratch.timers.remove(&(due, timer));
+        for e in fired {
+            scratch.apply_payload(&e);
+            events.push(e);
+        }
+    }
+    Ok(Decision {
+        events,
+        reply: Reply::Tick,
+    })
+}
+
+fn fire(state: &State, timer: &Timer, ctx: &Ctx<'_>) -> Vec<Payload> {
+    match timer {
+        Timer::ImageAvailable(id) => match state.images.get(id) {
+            Some(img) if img.state == ImageState::Pending => {
+                vec![Payload::ImageAvailable(ImageAvailable {
+                    image_id: id.clone(),
+                })]
+            }
+            _ => vec![],
+        },
+        Timer::ImageForget(id) => match state.images.get(id) {
+            Some(img) if img.state == ImageState::Deregistered => {
+                vec![Payload::ImageForgotten(ImageForgotten {
+                    image_id: id.clone(),
+                })]
+            }
+            _ => vec![],
+        },
+        Timer::VolumeAvailable(id) => match state.volumes.get(id) {
+            Some(_) => vec![Payload::VolumeAvailable(VolumeAvailable {
+                volume_id: id.clone(),
+            })],
+            None => vec![],
+        },
+        Timer::SnapshotComplete(id) => {
+            let Some(snap) = state.snapshots.get(id) else {
+                return vec![];
+            };
+            if snap.state != SnapshotState::Pending {
+                return vec![];
+            }
+            let mut out = vec![Payload::SnapshotCompleted(SnapshotCompleted {
+                snapshot_id: id.clone(),
+            })];
+            // CreateImage: the image turns available when its last snapshot completes.
+            if let Some(img) = state.images.get(&snap.for_image_id) {
+                let all_done = img.snapshot_ids().all(|s| {
+                    s == id
+                        || state
+                            .snapshots
+                            .get(s)
+                            .is_some_and(|x| x.state == SnapshotState::Completed)
+                });
+                if img.state == ImageState::Pending
+                    && img.registered.available_at_ms == 0
+                    && all_done
+                {
+                    out.push(Payload::ImageAvailable(ImageAvailable {
+                        image_id: img.id().to_string(),
+                    }));
+                }
+            }
+            out
+        }
+        Timer::InstanceTransition(id) => {
+            let Some(inst) = state.instances.get(id) else {
+                return vec![];
+            };
+            let Some((next, _)) = inst.next else {
+                return vec![];
+            };
+            let mut out = vec![Payload::InstanceStateChanged(InstanceStateChanged {
+                instance_id: id.clone(),
+                state: next.as_str().to_string(),
+                state_transition_reason: inst.state_transition_reason.clone(),
+                ..Default::default()
+            })];
+            if next == InstanceState::Terminated {
+                // DeleteOnTermination volumes go with the instance; the others are detached.
+                for vol_id in inst.volumes.values() {
+                    if let Some(v) = state.volumes.get(vol_id) {
+                        let dot = v
+                            .attachment
+                            .as_ref()
+                            .is_some_and(|a| a.delete_on_termination);
+                        out.push(Payload::VolumeDetached(VolumeDetached {
+                            volume_id: vol_id.clone(),
+                            instance_id: id.clone(),
+                        }));
+                        if dot {
+                            out.push(Payload::VolumeDeleted(VolumeDeleted {
+                                volume_id: vol_id.clone(),
+                            }));
+                        }
+                    }
+                }
+            }
+            let _ = ctx;
+            out
+        }
+    }
+}
