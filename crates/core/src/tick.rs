@@ -101,6 +101,17 @@ fn fire(state: &State, timer: &Timer, ctx: &Ctx<'_>) -> Vec<Payload> {
                 instance_id: id.clone(),
                 state: next.as_str().to_string(),
                 state_transition_reason: inst.state_transition_reason.clone(),
+                // The reason of a user stop/terminate stays with the state it leads to.
+                state_reason_code: inst
+                    .state_reason
+                    .as_ref()
+                    .map(|r| r.0.clone())
+                    .unwrap_or_default(),
+                state_reason_message: inst
+                    .state_reason
+                    .as_ref()
+                    .map(|r| r.1.clone())
+                    .unwrap_or_default(),
                 ..Default::default()
             })];
             if next == InstanceState::Terminated {
