@@ -108,6 +108,8 @@ pub struct ImageRegisteredData {
     pub source_region: String,
     pub available_at_ms: u64,
     pub creation_date_ms: u64,
+    /// CreateImage with `NoReboot=true`.
+    pub no_reboot: bool,
 }
 
 impl Image {
@@ -389,6 +391,10 @@ pub struct State {
     pub client_tokens: OrdMap<(String, String, String), TokenUse>,
     /// Pending timed transitions, ordered by due time.
     pub timers: OrdSet<(u64, Timer)>,
+    /// Snapshots deleted while `pending`, whose work goes on in the background
+    /// (EC2_SEMANTICS.md §3.2): id → (volume id, due time). Until the due time they still count
+    /// toward their volume's pending-snapshot limit.
+    pub background_snapshots: OrdMap<String, (String, u64)>,
 }
 
 impl State {
@@ -442,6 +448,7 @@ impl State {
                     source_region: e.source_region.clone(),
                     available_at_ms: e.available_at_ms,
                     creation_date_ms: e.creation_date_ms,
+                    no_reboot: e.no_reboot,
                 };
                 if e.available_at_ms > 0 {
                     self.timers
@@ -679,6 +686,12 @@ impl State {
             }
             Payload::SnapshotDeleted(e) => {
                 if let Some(s) = self.snapshots.remove(&e.snapshot_id) {
+                    if s.state == SnapshotState::Pending {
+                        self.background_snapshots.insert(
+                            e.snapshot_id.clone(),
+                            (s.volume_id.clone(), s.complete_at_ms),
+                        );
+                    }
                     self.timers.remove(&(
                         s.complete_at_ms,
                         Timer::SnapshotComplete(e.snapshot_id.clone()),
@@ -805,11 +818,13 @@ impl State {
 
     /// True if any resource already has this id (generated ids are re-drawn on a clash).
     pub fn id_taken(&self, id: &str) -> bool {
-        self.owner_of(id).is_some()
-            || self.instances.values().any(|i| {
-                crate::ids::Kind::of(id) == Some(crate::ids::Kind::Reservation)
-                    && i.reservation_id == id
-            })
+        match crate::ids::Kind::of(id) {
+            // Reservations are rare and only named by their instances.
+            Some(crate::ids::Kind::Reservation) => {
+                self.instances.values().any(|i| i.reservation_id == id)
+            }
+            _ => self.owner_of(id).is_some(),
+        }
     }
 
     /// Canonical SHA-256 (hex) of the projection: equal states have equal digests, so live state,
