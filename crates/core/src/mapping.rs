@@ -165,6 +165,18 @@ impl Parsed {
 /// Syntax checks of request mappings: device names, exactly one of ebs / virtual_name /
 /// no_device, `ephemeral0..23`, snapshot id format, no duplicate device names.
 pub fn parse_mappings(mappings: &[BlockDeviceMapping]) -> Ec2Result<Vec<Parsed>> {
+    parse(mappings, true)
+}
+
+/// As [`parse_mappings`], but an `Ebs` entry may have neither a snapshot nor a size: it then
+/// modifies a device that already exists (CreateImage changing `DeleteOnTermination` of an
+/// instance's volume; RunInstances overriding an image's mapping). The caller checks that the
+/// device exists.
+pub fn parse_mapping_overrides(mappings: &[BlockDeviceMapping]) -> Ec2Result<Vec<Parsed>> {
+    parse(mappings, false)
+}
+
+fn parse(mappings: &[BlockDeviceMapping], need_source: bool) -> Ec2Result<Vec<Parsed>> {
     let mut seen = std::collections::BTreeSet::new();
     let mut out = Vec::with_capacity(mappings.len());
     for m in mappings {
@@ -205,7 +217,7 @@ pub fn parse_mappings(mappings: &[BlockDeviceMapping]) -> Ec2Result<Vec<Parsed>>
         } else if let Some(ebs) = &m.ebs {
             if !ebs.snapshot_id.is_empty() {
                 ids::check_snapshot_id("snapshotId", &ebs.snapshot_id)?;
-            } else if ebs.volume_size.is_none() {
+            } else if need_source && ebs.volume_size.is_none() {
                 return Err(Ec2Error::new(
                     ErrorCode::InvalidBlockDeviceMapping,
                     format!(
