@@ -485,10 +485,10 @@ pub fn register_image(
         creation_date_ms: ctx.now_ms,
         ..Default::default()
     };
-    Ok(Decision {
-        events: vec![Payload::ImageRegistered(event)],
-        reply: Reply::RegisterImage(pb::RegisterImageResponse { image_id }),
-    })
+    Ok(Decision::new(
+        vec![Payload::ImageRegistered(event)],
+        Reply::RegisterImage(pb::RegisterImageResponse { image_id }),
+    ))
 }
 
 // -------------------------------------------------------------------------------------------
@@ -854,10 +854,10 @@ pub fn create_image(
     };
     let mut events = vec![Payload::ImageRegistered(registered)];
     events.extend(snapshot_events);
-    Ok(Decision {
+    Ok(Decision::new(
         events,
-        reply: Reply::CreateImage(pb::CreateImageResponse { image_id }),
-    })
+        Reply::CreateImage(pb::CreateImageResponse { image_id }),
+    ))
 }
 
 // -------------------------------------------------------------------------------------------
@@ -958,13 +958,13 @@ pub fn deregister_image(
             });
         }
     }
-    Ok(Decision {
+    Ok(Decision::new(
         events,
-        reply: Reply::DeregisterImage(pb::DeregisterImageResponse {
+        Reply::DeregisterImage(pb::DeregisterImageResponse {
             r#return: true,
             delete_snapshot_result_set: results,
         }),
-    })
+    ))
 }
 
 // -------------------------------------------------------------------------------------------

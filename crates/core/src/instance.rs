@@ -466,14 +466,10 @@ pub fn run_instances(
                     "Arguments on this idempotent request are inconsistent with arguments used in previous request(s).",
                 ));
             }
-            return Ok(Decision {
-                events: vec![],
-                reply: Reply::RunInstances(render_reservation(
-                    state,
-                    &ctx.read(),
-                    &used.resource_id,
-                )),
-            });
+            return Ok(Decision::new(
+                vec![],
+                Reply::RunInstances(render_reservation(state, &ctx.read(), &used.resource_id)),
+            ));
         }
     }
     // 7/8 Existence and permission.
@@ -611,7 +607,7 @@ pub fn run_instances(
     }
     let after = crate::preview(state, &events);
     let reply = Reply::RunInstances(render_reservation(&after, &ctx.read(), &reservation_id));
-    Ok(Decision { events, reply })
+    Ok(Decision::new(events, reply))
 }
 
 // -------------------------------------------------------------------------------------------
@@ -730,12 +726,12 @@ pub fn stop_instances(
             changes.push(change(&i.instance_id, i.state, i.state));
         }
     }
-    Ok(Decision {
+    Ok(Decision::new(
         events,
-        reply: Reply::StopInstances(pb::StopInstancesResponse {
+        Reply::StopInstances(pb::StopInstancesResponse {
             stopping_instances: changes,
         }),
-    })
+    ))
 }
 
 /// StartInstances: `stopped → pending → running`.
@@ -770,12 +766,12 @@ pub fn start_instances(
             changes.push(change(&i.instance_id, i.state, i.state));
         }
     }
-    Ok(Decision {
+    Ok(Decision::new(
         events,
-        reply: Reply::StartInstances(pb::StartInstancesResponse {
+        Reply::StartInstances(pb::StartInstancesResponse {
             starting_instances: changes,
         }),
-    })
+    ))
 }
 
 /// TerminateInstances: any state but `terminated` → `shutting-down → terminated`. An image
@@ -818,12 +814,12 @@ pub fn terminate_instances(
             }));
         }
     }
-    Ok(Decision {
+    Ok(Decision::new(
         events,
-        reply: Reply::TerminateInstances(pb::TerminateInstancesResponse {
+        Reply::TerminateInstances(pb::TerminateInstancesResponse {
             terminating_instances: changes,
         }),
-    })
+    ))
 }
 
 // -------------------------------------------------------------------------------------------

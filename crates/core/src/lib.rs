@@ -10,10 +10,12 @@
 //! ids) arrive in [`Ctx`], so a decision is reproducible from its inputs.
 //!
 //! Layout: one module per resource family, each owning its parse → check → events → render
-//! (`image`, `snapshot`, `volume`, `instance`, `tags`); `tick` fires timed transitions;
+//! (`image`, `snapshot`, `volume`, `instance`, `tags`, `copy` with the domain half of the copy
+//! saga); `tick` fires timed transitions;
 //! `filter` holds Describe filters and pagination shared by all; `mapping` validates block
 //! device mappings; `state` is the projection; `timing` the simulated durations and quotas.
 
+pub mod copy;
 pub mod error;
 pub mod filter;
 pub mod ids;
@@ -127,6 +129,12 @@ pub enum Command {
     TerminateInstances(TerminateInstancesRequest),
     CreateTags(CreateTagsRequest),
     DeleteTags(DeleteTagsRequest),
+    /// CopyImage, in the destination region (starts a copy saga, DESIGN.md §6).
+    CopyImage(CopyImageRequest),
+    /// CopySnapshot, in the destination region.
+    CopySnapshot(CopySnapshotRequest),
+    /// An idempotent step of a copy saga, sent by the coordinator (see [`copy`]).
+    Saga(SagaStep),
     /// Fire every timer due at or before `ctx.now_ms` (system account).
     Tick,
 }
@@ -150,6 +158,13 @@ impl Command {
             Command::TerminateInstances(_) => "TerminateInstances",
             Command::CreateTags(_) => "CreateTags",
             Command::DeleteTags(_) => "DeleteTags",
+            Command::CopyImage(_) => "CopyImage",
+            Command::CopySnapshot(_) => "CopySnapshot",
+            Command::Saga(s) => match s.step {
+                Some(saga_step::Step::ReadCopySource(_)) => "ReadCopySource",
+                Some(saga_step::Step::StartCopy(_)) => "StartCopy",
+                None => "Saga",
+            },
             Command::Tick => "Tick",
         }
     }
@@ -173,15 +188,52 @@ pub enum Reply {
     TerminateInstances(TerminateInstancesResponse),
     CreateTags(CreateTagsResponse),
     DeleteTags(DeleteTagsResponse),
+    CopyImage(CopyImageResponse),
+    CopySnapshot(CopySnapshotResponse),
+    /// Boxed: the read of a copy source is large.
+    Saga(Box<SagaStepResponse>),
     Tick,
 }
 
 /// The outcome of a write: the events to log (in order) and the reply to send once they are
 /// durable. No events (an idempotent retry, a tick with nothing due) is a valid outcome.
+///
+/// `correlation_id` and `depends_on` go into the envelope of every event of the decision
+/// (DESIGN.md §3): a copy's request and saga steps carry the copy id and the events in other
+/// regions they causally follow. Build with [`Decision::new`] and the builder methods.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Decision {
     pub events: Vec<Payload>,
     pub reply: Reply,
+    /// The envelope's `correlation_id` for these events (`None`: empty).
+    pub correlation_id: Option<String>,
+    /// The envelope's `depends_on` for these events.
+    pub depends_on: Vec<EventRef>,
+}
+
+impl Decision {
+    /// Events and reply, with no correlation id and no dependencies.
+    pub fn new(events: Vec<Payload>, reply: Reply) -> Self {
+        Decision {
+            events,
+            reply,
+            correlation_id: None,
+            depends_on: Vec::new(),
+        }
+    }
+
+    /// Sets the envelope's correlation id (ignored when empty).
+    pub fn correlated(mut self, correlation_id: impl Into<String>) -> Self {
+        let id = correlation_id.into();
+        self.correlation_id = (!id.is_empty()).then_some(id);
+        self
+    }
+
+    /// Sets the events in other logs these events causally follow.
+    pub fn depending_on(mut self, refs: Vec<EventRef>) -> Self {
+        self.depends_on = refs;
+        self
+    }
 }
 
 /// Decides a write. Never panics; on error nothing is to be written.
@@ -202,6 +254,9 @@ pub fn decide(state: &State, ctx: &mut Ctx<'_>, command: Command) -> Ec2Result<D
         Command::TerminateInstances(r) => instance::terminate_instances(state, ctx, r),
         Command::CreateTags(r) => tags::create_tags(state, ctx, r),
         Command::DeleteTags(r) => tags::delete_tags(state, ctx, r),
+        Command::CopyImage(r) => copy::copy_image(state, ctx, r),
+        Command::CopySnapshot(r) => copy::copy_snapshot(state, ctx, r),
+        Command::Saga(s) => copy::saga_step(state, ctx, s),
         Command::Tick => tick::tick(state, ctx),
     }
 }

@@ -212,10 +212,7 @@ pub fn create_snapshot(
         .get(&snapshot_id)
         .map(|s| render_snapshot(&after, s, &ctx.read()))
         .ok_or_else(|| Ec2Error::internal("the new snapshot is missing from the preview"))?;
-    Ok(Decision {
-        events,
-        reply: Reply::CreateSnapshot(reply),
-    })
+    Ok(Decision::new(events, Reply::CreateSnapshot(reply)))
 }
 
 /// DeleteSnapshot (EC2_SEMANTICS.md §5.7). Allowed while `pending`.
@@ -261,12 +258,12 @@ pub fn delete_snapshot(
             ),
         ));
     }
-    Ok(Decision {
-        events: vec![Payload::SnapshotDeleted(SnapshotDeleted {
+    Ok(Decision::new(
+        vec![Payload::SnapshotDeleted(SnapshotDeleted {
             snapshot_id: r.snapshot_id.clone(),
         })],
-        reply: Reply::DeleteSnapshot(DeleteSnapshotResponse { r#return: true }),
-    })
+        Reply::DeleteSnapshot(DeleteSnapshotResponse { r#return: true }),
+    ))
 }
 
 /// `self`, `amazon` or a 12-digit account (`OwnerIds`); `self`, `all` or an account

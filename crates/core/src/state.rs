@@ -395,6 +395,10 @@ pub struct State {
     /// (EC2_SEMANTICS.md §3.2): id → (volume id, due time). Until the due time they still count
     /// toward their volume's pending-snapshot limit.
     pub background_snapshots: OrdMap<String, (String, u64)>,
+    /// Copies into this region (CopyImage, CopySnapshot), by copy id (`crate::copy`).
+    pub copies: OrdMap<String, crate::copy::CopyTask>,
+    /// Copy sources read in this region (saga step ReadCopySource), by copy id.
+    pub copy_reads: OrdMap<String, crate::copy::CopyReadRecord>,
 }
 
 impl State {
@@ -411,6 +415,7 @@ impl State {
     pub fn apply(&mut self, event: &Event) {
         if let Some(p) = &event.payload {
             self.apply_payload(p);
+            crate::copy::note_position(self, p, event.seq);
         }
         self.seq = event.seq;
         self.last_sim_time_ms = self.last_sim_time_ms.max(event.sim_time_ms);
@@ -768,6 +773,11 @@ impl State {
                         .then(|| (e.state_reason_code.clone(), e.state_reason_message.clone()));
                 }
             }
+            Payload::ImageCopyRequested(_)
+            | Payload::SnapshotCopyRequested(_)
+            | Payload::CopySourceRead(_)
+            | Payload::ImageCopyStarted(_)
+            | Payload::SnapshotCopyStarted(_) => crate::copy::apply(self, p),
             Payload::TagsCreated(e) => {
                 for id in &e.resource_ids {
                     if let Some(tags) = self.tags_mut(id) {

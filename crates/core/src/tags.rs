@@ -200,13 +200,13 @@ pub fn create_tags(state: &State, ctx: &mut Ctx<'_>, r: CreateTagsRequest) -> Ec
             ));
         }
     }
-    Ok(Decision {
-        events: vec![Payload::TagsCreated(TagsCreated {
+    Ok(Decision::new(
+        vec![Payload::TagsCreated(TagsCreated {
             resource_ids: resources,
             tags: tag_records(&new_tags),
         })],
-        reply: Reply::CreateTags(CreateTagsResponse { r#return: true }),
-    })
+        Reply::CreateTags(CreateTagsResponse { r#return: true }),
+    ))
 }
 
 /// DeleteTags: deletes tags (only where the value matches, when one is given); no tags means
@@ -245,13 +245,13 @@ pub fn delete_tags(state: &State, ctx: &mut Ctx<'_>, r: DeleteTagsRequest) -> Ec
     for id in &resources {
         owned_tags(state, ctx.account_id, id)?;
     }
-    Ok(Decision {
-        events: vec![Payload::TagsDeleted(TagsDeleted {
+    Ok(Decision::new(
+        vec![Payload::TagsDeleted(TagsDeleted {
             resource_ids: resources,
             tags: deletions,
         })],
-        reply: Reply::DeleteTags(DeleteTagsResponse { r#return: true }),
-    })
+        Reply::DeleteTags(DeleteTagsResponse { r#return: true }),
+    ))
 }
 
 #[cfg(test)]

@@ -15,6 +15,8 @@ pub const REGION: &str = "us-east-1";
 pub const T0: u64 = 1_714_521_600_000;
 
 pub struct Harness {
+    /// The region this harness simulates ([`REGION`] unless made with [`Harness::in_region`]).
+    pub region: &'static str,
     pub state: State,
     pub log: Vec<Event>,
     pub now_ms: u64,
@@ -30,11 +32,17 @@ impl Default for Harness {
 
 impl Harness {
     pub fn new() -> Self {
+        Self::in_region(REGION, 42)
+    }
+
+    /// A harness for another region (cross-region tests use one per region), with its own seed.
+    pub fn in_region(region: &'static str, seed: u64) -> Self {
         Harness {
+            region,
             state: State::new(),
             log: Vec::new(),
             now_ms: T0,
-            rng: ChaCha8Rng::seed_from_u64(42),
+            rng: ChaCha8Rng::seed_from_u64(seed),
             config: Config::default(),
         }
     }
@@ -50,7 +58,7 @@ impl Harness {
     fn append(&mut self, p: Payload) {
         let ev = Event {
             seq: self.log.len() as u64 + 1,
-            region: REGION.into(),
+            region: self.region.into(),
             sim_time_ms: self.now_ms,
             payload: Some(p),
             ..Default::default()
@@ -61,7 +69,13 @@ impl Harness {
 
     /// When: decides `cmd` as `account`; on success logs and applies its events.
     pub fn when(&mut self, account: &str, cmd: Command) -> Ec2Result<Decision> {
-        let mut ctx = Ctx::new(REGION, account, self.now_ms, &mut self.rng, &self.config);
+        let mut ctx = Ctx::new(
+            self.region,
+            account,
+            self.now_ms,
+            &mut self.rng,
+            &self.config,
+        );
         let d = decide(&self.state, &mut ctx, cmd)?;
         for e in d.events.clone() {
             self.append(e);
@@ -71,7 +85,13 @@ impl Harness {
 
     /// Decides without logging (to check that an error wrote nothing, or to inspect events).
     pub fn try_decide(&mut self, account: &str, cmd: Command) -> Ec2Result<Decision> {
-        let mut ctx = Ctx::new(REGION, account, self.now_ms, &mut self.rng, &self.config);
+        let mut ctx = Ctx::new(
+            self.region,
+            account,
+            self.now_ms,
+            &mut self.rng,
+            &self.config,
+        );
         decide(&self.state, &mut ctx, cmd)
     }
 
@@ -86,7 +106,7 @@ impl Harness {
     /// Reads as `account`.
     pub fn read(&self, account: &str, q: Query) -> Ec2Result<Answer> {
         let ctx = ReadCtx {
-            region: REGION,
+            region: self.region,
             account_id: account,
             now_ms: self.now_ms,
         };

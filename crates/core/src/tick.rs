@@ -30,19 +30,15 @@ pub fn tick(state: &State, ctx: &mut Ctx<'_>) -> Ec2Result<Decision> {
             events.push(e);
         }
     }
-    Ok(Decision {
-        events,
-        reply: Reply::Tick,
-    })
+    Ok(Decision::new(events, Reply::Tick))
 }
 
 fn fire(state: &State, timer: &Timer, ctx: &Ctx<'_>) -> Vec<Payload> {
     match timer {
         Timer::ImageAvailable(id) => match state.images.get(id) {
+            // A copy whose snapshot failed fails instead (crate::copy::image_due).
             Some(img) if img.state == ImageState::Pending => {
-                vec![Payload::ImageAvailable(ImageAvailable {
-                    image_id: id.clone(),
-                })]
+                vec![crate::copy::image_due(state, img)]
             }
             _ => vec![],
         },

@@ -3,6 +3,8 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::error::{Ec2Error, Ec2Result, ErrorCode};
+
 const GIB: u64 = 1024 * 1024 * 1024;
 const MIB: u64 = 1024 * 1024;
 
@@ -43,6 +45,25 @@ pub struct Config {
     pub max_instances: usize,
     /// Concurrent CreateImage with no_reboot per account ([sim]): 100.
     pub max_concurrent_no_reboot: usize,
+    /// Regions a copy may name as its source (else `InvalidRegion`): the simulated regions.
+    pub known_regions: Vec<String>,
+    /// Copies in flight into a region per account (20). [sim, unconfirmed] pending snapshot
+    /// copies and pending image copies share these slots, one slot per copy.
+    pub max_copies_in_flight: usize,
+    /// Copy in the same account, region and encryption: metadata only (5 s).
+    pub copy_metadata_ms: u64,
+    /// Same-region copy that moves data (re-encryption, other account): 30 s ...
+    pub copy_local_base_ms: u64,
+    /// ... plus bytes at this rate (150 MiB/s).
+    pub copy_local_bytes_per_s: u64,
+    /// Cross-region copy without link parameters: 60 s ...
+    pub copy_remote_base_ms: u64,
+    /// ... plus bytes at this rate (75 MiB/s).
+    pub copy_remote_bytes_per_s: u64,
+    /// Fastest a time-based copy moves one snapshot (500 MiB/s).
+    pub copy_time_based_bytes_per_s: u64,
+    /// A copied image turns `available` this long after its last snapshot completes (10 s).
+    pub copy_image_available_delay_ms: u64,
 }
 
 impl Default for Config {
@@ -65,6 +86,17 @@ impl Default for Config {
             max_volumes: 5_000,
             max_instances: 1_000,
             max_concurrent_no_reboot: 100,
+            known_regions: ["us-east-1", "eu-west-1", "ap-south-1"]
+                .map(String::from)
+                .to_vec(),
+            max_copies_in_flight: 20,
+            copy_metadata_ms: 5_000,
+            copy_local_base_ms: 30_000,
+            copy_local_bytes_per_s: 150 * MIB,
+            copy_remote_base_ms: 60_000,
+            copy_remote_bytes_per_s: 75 * MIB,
+            copy_time_based_bytes_per_s: 500 * MIB,
+            copy_image_available_delay_ms: 10_000,
         }
     }
 }
@@ -73,6 +105,23 @@ impl Config {
     /// Duration of a CreateSnapshot moving `bytes`: 15 s + bytes ÷ 150 MiB/s.
     pub fn snapshot_ms(&self, bytes: u64) -> u64 {
         self.snapshot_base_ms + bytes.saturating_mul(1000) / self.snapshot_bytes_per_s.max(1)
+    }
+
+    /// True if `region` is one of the simulated regions.
+    pub fn is_known_region(&self, region: &str) -> bool {
+        self.known_regions.iter().any(|r| r == region)
+    }
+
+    /// `InvalidRegion` unless `region` is one of the simulated regions. [unconfirmed] wording.
+    pub fn check_region(&self, region: &str) -> Ec2Result<()> {
+        if self.is_known_region(region) {
+            Ok(())
+        } else {
+            Err(Ec2Error::new(
+                ErrorCode::InvalidRegion,
+                format!("The region '{region}' does not exist."),
+            ))
+        }
     }
 }
 

@@ -239,10 +239,7 @@ pub fn create_volume(
                     ..Default::default()
                 },
             };
-            return Ok(Decision {
-                events: vec![],
-                reply: Reply::CreateVolume(reply),
-            });
+            return Ok(Decision::new(vec![], Reply::CreateVolume(reply)));
         }
     }
     // 7–9. The snapshot: visible, then completed.
@@ -347,10 +344,7 @@ pub fn create_volume(
         .get(&volume_id)
         .map(|v| render_volume(&after, v, &ctx.read()))
         .ok_or_else(|| Ec2Error::internal("the new volume is missing from the preview"))?;
-    Ok(Decision {
-        events,
-        reply: Reply::CreateVolume(reply),
-    })
+    Ok(Decision::new(events, Reply::CreateVolume(reply)))
 }
 
 /// DeleteVolume: only an `available` (detached, created) volume you own.
@@ -379,12 +373,12 @@ pub fn delete_volume(
     if v.state != VolumeState::Available {
         return Err(incorrect_volume_state(v));
     }
-    Ok(Decision {
-        events: vec![Payload::VolumeDeleted(VolumeDeleted {
+    Ok(Decision::new(
+        vec![Payload::VolumeDeleted(VolumeDeleted {
             volume_id: r.volume_id.clone(),
         })],
-        reply: Reply::DeleteVolume(DeleteVolumeResponse { r#return: true }),
-    })
+        Reply::DeleteVolume(DeleteVolumeResponse { r#return: true }),
+    ))
 }
 
 /// AttachVolume: an `available` volume to a running or stopped instance in the same zone.
@@ -464,16 +458,16 @@ pub fn attach_volume(
         attach_time: iso(ctx.now_ms),
         delete_on_termination: false,
     };
-    Ok(Decision {
-        events: vec![Payload::VolumeAttached(VolumeAttached {
+    Ok(Decision::new(
+        vec![Payload::VolumeAttached(VolumeAttached {
             volume_id: r.volume_id,
             instance_id: r.instance_id,
             device: r.device,
             delete_on_termination: false,
             attach_time_ms: ctx.now_ms,
         })],
-        reply: Reply::AttachVolume(reply),
-    })
+        Reply::AttachVolume(reply),
+    ))
 }
 
 /// DetachVolume. [sim] The root device of an instance that is not `stopped` cannot be detached
@@ -539,13 +533,13 @@ pub fn detach_volume(
         attach_time: iso(attachment.attach_time_ms),
         delete_on_termination: attachment.delete_on_termination,
     };
-    Ok(Decision {
-        events: vec![Payload::VolumeDetached(VolumeDetached {
+    Ok(Decision::new(
+        vec![Payload::VolumeDetached(VolumeDetached {
             volume_id: v.volume_id.clone(),
             instance_id: attachment.instance_id.clone(),
         })],
-        reply: Reply::DetachVolume(reply),
-    })
+        Reply::DetachVolume(reply),
+    ))
 }
 
 /// A volume's values for a DescribeVolumes filter name.
