@@ -1,1 +1,54 @@
+//! A region node (DESIGN.md §1): owns one region's event log and in-memory state, decides every
+//! write there, fires the region's timed transitions, and serves the public `Ec2` and internal
+//! `Region` gRPC services.
+//!
+//! # Why it is built this way
+//!
+//! - **One writer.** Every command goes through one thread ([`writer`]) that decides it against
+//!   the state ([`amisim_core::decide`]), so rules such as "image names are unique" need no
+//!   locks and the log order is the decision order.
+//! - **Group commit.** The writer takes every command queued since its last round (up to
+//!   [`RegionConfig::max_batch`]), decides them in order, and appends all their events with
+//!   one [`EventLog::append`] — one flush for many requests, so throughput grows with load.
+//! - **Publish before answering.** After the append, the new state is published (an O(1)
+//!   `ArcSwap` of the persistent [`amisim_core::State`]) and only then are the commands
+//!   answered. A client that got an answer reads its own write; readers never wait for a flush
+//!   and never see an event that is not durable.
+//! - **Timers from the state.** Due times live in events, so after a replay the writer knows
+//!   every pending transition and fires `Tick` when the [`Clock`](amisim_chaos::Clock) reaches
+//!   the earliest one.
+//! - **Fail-stop.** A failed append stops the writer for good (the request gets
+//!   `InternalError`, later writes `Unavailable`); a restart replays the log, which is the
+//!   truth.
+//!
+//! # Layout
+//!
+//! - [`config`] — [`RegionConfig`].
+//! - [`node`] — [`RegionNode`]: replay at start, `execute` (writes), `query` (reads), shutdown.
+//! - [`writer`] — the writer loop: batch, decide, append, publish, answer; timers.
+//! - [`ec2_service`] — the `Ec2` service, metadata conventions and [`status_from_ec2`].
+//! - [`region_service`] — the `Region` service (info, event stream, state digest).
+//! - [`server`] — [`serve`] on a caller-bound listener with health and reflection.
+//! - [`error`] — [`RegionError`].
+//!
+//! [`EventLog::append`]: amisim_log::EventLog::append
 
+pub mod config;
+pub mod ec2_service;
+pub mod error;
+pub mod node;
+pub mod region_service;
+pub mod server;
+pub mod writer;
+
+pub use config::RegionConfig;
+pub use ec2_service::{
+    account_from_metadata, consistency_token, parse_consistency_token, request_id_from_metadata,
+    status_from_ec2, Ec2Service, ACCOUNT_KEY, CONSISTENCY_TOKEN_KEY, DEFAULT_ACCOUNT,
+    ERROR_CODE_KEY, REQUEST_ID_KEY,
+};
+pub use error::RegionError;
+pub use node::{replay, replay_to, RegionNode};
+pub use region_service::RegionService;
+pub use server::{serve, MAX_MESSAGE_BYTES};
+pub use writer::NodeStatus;

@@ -1,0 +1,521 @@
+//! The public `Ec2` gRPC service of one region: each RPC becomes a [`Command`] (writes, through
+//! the writer) or a [`Query`] (reads, from the published state), with the metadata conventions
+//! of `ec2.proto` and the error mapping of DESIGN.md §7.
+
+use std::sync::Arc;
+
+use amisim_core::{ids, Answer, Command, Ec2Error, ErrorClass, ErrorCode, Query, Reply};
+use amisim_proto::ec2_server::Ec2;
+use amisim_proto::*;
+use tonic::metadata::{AsciiMetadataValue, MetadataMap};
+use tonic::{Code, Request, Response, Status};
+use tracing::Instrument;
+
+use crate::RegionNode;
+
+/// Request metadata: the caller's 12-digit account.
+pub const ACCOUNT_KEY: &str = "x-amisim-account";
+/// Request and response metadata: the EC2 RequestId.
+pub const REQUEST_ID_KEY: &str = "x-amisim-request-id";
+/// Response metadata of writes: `<region>:<seq>` of the last event the call wrote.
+pub const CONSISTENCY_TOKEN_KEY: &str = "x-amisim-consistency-token";
+/// Error metadata: the exact EC2 error code.
+pub const ERROR_CODE_KEY: &str = "x-amisim-error-code";
+/// The account of a request without `x-amisim-account`.
+pub const DEFAULT_ACCOUNT: &str = "123456789012";
+/// A client-chosen request id longer than this is replaced by a fresh one.
+pub const MAX_REQUEST_ID_LEN: usize = 128;
+
+/// The gRPC status of an EC2 error: the code's class as status code, `Code: message` as the
+/// message, and the metadata `x-amisim-error-code` (the bare code) and `x-amisim-request-id`.
+pub fn status_from_ec2(err: &Ec2Error, request_id: &str) -> Status {
+    let code = match err.code.class() {
+        ErrorClass::Unauthenticated => Code::Unauthenticated,
+        ErrorClass::PermissionDenied => Code::PermissionDenied,
+        ErrorClass::InvalidArgument => Code::InvalidArgument,
+        ErrorClass::NotFound => Code::NotFound,
+        ErrorClass::AlreadyExists => Code::AlreadyExists,
+        ErrorClass::FailedPrecondition => Code::FailedPrecondition,
+        ErrorClass::ResourceExhausted => Code::ResourceExhausted,
+        ErrorClass::Internal => Code::Internal,
+        ErrorClass::Unavailable => Code::Unavailable,
+    };
+    let mut status = Status::new(code, err.to_string());
+    let md = status.metadata_mut();
+    md.insert(
+        ERROR_CODE_KEY,
+        AsciiMetadataValue::from_static(err.code.as_str()),
+    );
+    if let Ok(v) = AsciiMetadataValue::try_from(request_id) {
+        md.insert(REQUEST_ID_KEY, v);
+    }
+    status
+}
+
+/// The caller's account from `x-amisim-account` (default [`DEFAULT_ACCOUNT`]); anything but 12
+/// digits is `AuthFailure`.
+pub fn account_from_metadata(md: &MetadataMap) -> Result<String, Ec2Error> {
+    let Some(v) = md.get(ACCOUNT_KEY) else {
+        return Ok(DEFAULT_ACCOUNT.to_string());
+    };
+    match v.to_str() {
+        Ok(a) if ids::is_account_id(a) => Ok(a.to_string()),
+        _ => Err(Ec2Error::new(
+            ErrorCode::AuthFailure,
+            format!(
+                "AWS was not able to validate the provided access credentials: \
+                 {ACCOUNT_KEY} must be a 12-digit account id"
+            ),
+        )),
+    }
+}
+
+/// The request id from `x-amisim-request-id` if it is 1 to [`MAX_REQUEST_ID_LEN`] visible ASCII
+/// characters, else a fresh UUID.
+pub fn request_id_from_metadata(md: &MetadataMap) -> String {
+    md.get(REQUEST_ID_KEY)
+        .and_then(|v| v.to_str().ok())
+        .filter(|s| {
+            !s.is_empty()
+                && s.len() <= MAX_REQUEST_ID_LEN
+                && s.bytes().all(|b| b.is_ascii_graphic())
+        })
+        .map(str::to_string)
+        .unwrap_or_else(|| ids::generate_uuid(&mut rand::rng()))
+}
+
+/// The consistency token of a write: `<region>:<seq>`.
+pub fn consistency_token(region: &str, seq: u64) -> String {
+    format!("{region}:{seq}")
+}
+
+/// Parses `<region>:<seq>`.
+pub fn parse_consistency_token(token: &str) -> Option<(&str, u64)> {
+    let (region, seq) = token.rsplit_once(':')?;
+    Some((region, seq.parse().ok()?)).filter(|(r, _)| !r.is_empty())
+}
+
+/// The `Ec2` service of one region node.
+#[derive(Debug, Clone)]
+pub struct Ec2Service {
+    node: Arc<RegionNode>,
+}
+
+impl Ec2Service {
+    pub fn new(node: Arc<RegionNode>) -> Self {
+        Ec2Service { node }
+    }
+
+    /// A write: account check, the writer, the reply with its request id and consistency token.
+    async fn write<Req, Resp>(
+        &self,
+        request: Request<Req>,
+        command: fn(Req) -> Command,
+        pick: fn(Reply) -> Option<Resp>,
+    ) -> Result<Response<Resp>, Status> {
+        let request_id = request_id_from_metadata(request.metadata());
+        let account = account_from_metadata(request.metadata());
+        let body = request.into_inner();
+        let command = command(body);
+        let action = command.action();
+        let span = request_span(&self.node, account.as_deref().ok(), &request_id, action);
+        async move {
+            let outcome = async {
+                let account = account?;
+                let (reply, seq) = self.node.execute(&account, &request_id, command).await?;
+                let body = pick(reply).ok_or_else(|| mismatch(action))?;
+                Ok::<_, Ec2Error>((body, seq))
+            }
+            .await;
+            match outcome {
+                Ok((body, seq)) => {
+                    tracing::debug!(seq, "request succeeded");
+                    let mut response = Response::new(body);
+                    let md = response.metadata_mut();
+                    insert(md, REQUEST_ID_KEY, &request_id);
+                    insert(
+                        md,
+                        CONSISTENCY_TOKEN_KEY,
+                        &consistency_token(self.node.region(), seq),
+                    );
+                    Ok(response)
+                }
+                Err(e) => Err(failed(&e, &request_id)),
+            }
+        }
+        .instrument(span)
+        .await
+    }
+
+    /// A read: account check, the published state, the answer with its request id.
+    fn read<Req, Resp>(
+        &self,
+        request: Request<Req>,
+        query: fn(Req) -> Query,
+        pick: fn(Answer) -> Option<Resp>,
+        action: &'static str,
+    ) -> Result<Response<Resp>, Status> {
+        let request_id = request_id_from_metadata(request.metadata());
+        let account = account_from_metadata(request.metadata());
+        let span = request_span(&self.node, account.as_deref().ok(), &request_id, action);
+        let _entered = span.enter();
+        let outcome = account.and_then(|account| {
+            let answer = self.node.query(&account, query(request.into_inner()))?;
+            pick(answer).ok_or_else(|| mismatch(action))
+        });
+        match outcome {
+            Ok(body) => {
+                tracing::debug!("request succeeded");
+                let mut response = Response::new(body);
+                insert(response.metadata_mut(), REQUEST_ID_KEY, &request_id);
+                Ok(response)
+            }
+            Err(e) => Err(failed(&e, &request_id)),
+        }
+    }
+}
+
+fn request_span(
+    node: &RegionNode,
+    account: Option<&str>,
+    request_id: &str,
+    action: &'static str,
+) -> tracing::Span {
+    tracing::info_span!(
+        "ec2",
+        region = %node.region(),
+        account = account.unwrap_or("-"),
+        request_id = %request_id,
+        action,
+    )
+}
+
+fn failed(e: &Ec2Error, request_id: &str) -> Status {
+    if matches!(
+        e.code.class(),
+        ErrorClass::Internal | ErrorClass::Unavailable
+    ) {
+        tracing::warn!(code = %e.code, error = %e.message, "request failed");
+    } else {
+        tracing::debug!(code = %e.code, error = %e.message, "request failed");
+    }
+    status_from_ec2(e, request_id)
+}
+
+fn mismatch(action: &str) -> Ec2Error {
+    Ec2Error::internal(format!(
+        "An internal error has occurred ({action} got a foreign reply)"
+    ))
+}
+
+fn insert(md: &mut MetadataMap, key: &'static str, value: &str) {
+    if let Ok(v) = AsciiMetadataValue::try_from(value) {
+        md.insert(key, v);
+    }
+}
+
+#[tonic::async_trait]
+impl Ec2 for Ec2Service {
+    async fn register_image(
+        &self,
+        request: Request<RegisterImageRequest>,
+    ) -> Result<Response<RegisterImageResponse>, Status> {
+        self.write(request, Command::RegisterImage, |r| match r {
+            Reply::RegisterImage(x) => Some(x),
+            _ => None,
+        })
+        .await
+    }
+
+    async fn create_image(
+        &self,
+        request: Request<CreateImageRequest>,
+    ) -> Result<Response<CreateImageResponse>, Status> {
+        self.write(request, Command::CreateImage, |r| match r {
+            Reply::CreateImage(x) => Some(x),
+            _ => None,
+        })
+        .await
+    }
+
+    async fn deregister_image(
+        &self,
+        request: Request<DeregisterImageRequest>,
+    ) -> Result<Response<DeregisterImageResponse>, Status> {
+        self.write(request, Command::DeregisterImage, |r| match r {
+            Reply::DeregisterImage(x) => Some(x),
+            _ => None,
+        })
+        .await
+    }
+
+    async fn describe_images(
+        &self,
+        request: Request<DescribeImagesRequest>,
+    ) -> Result<Response<DescribeImagesResponse>, Status> {
+        self.read(
+            request,
+            Query::DescribeImages,
+            |a| match a {
+                Answer::DescribeImages(x) => Some(x),
+                _ => None,
+            },
+            "DescribeImages",
+        )
+    }
+
+    async fn create_volume(
+        &self,
+        request: Request<CreateVolumeRequest>,
+    ) -> Result<Response<Volume>, Status> {
+        self.write(request, Command::CreateVolume, |r| match r {
+            Reply::CreateVolume(x) => Some(x),
+            _ => None,
+        })
+        .await
+    }
+
+    async fn describe_volumes(
+        &self,
+        request: Request<DescribeVolumesRequest>,
+    ) -> Result<Response<DescribeVolumesResponse>, Status> {
+        self.read(
+            request,
+            Query::DescribeVolumes,
+            |a| match a {
+                Answer::DescribeVolumes(x) => Some(x),
+                _ => None,
+            },
+            "DescribeVolumes",
+        )
+    }
+
+    async fn delete_volume(
+        &self,
+        request: Request<DeleteVolumeRequest>,
+    ) -> Result<Response<DeleteVolumeResponse>, Status> {
+        self.write(request, Command::DeleteVolume, |r| match r {
+            Reply::DeleteVolume(x) => Some(x),
+            _ => None,
+        })
+        .await
+    }
+
+    async fn attach_volume(
+        &self,
+        request: Request<AttachVolumeRequest>,
+    ) -> Result<Response<VolumeAttachment>, Status> {
+        self.write(request, Command::AttachVolume, |r| match r {
+            Reply::AttachVolume(x) => Some(x),
+            _ => None,
+        })
+        .await
+    }
+
+    async fn detach_volume(
+        &self,
+        request: Request<DetachVolumeRequest>,
+    ) -> Result<Response<VolumeAttachment>, Status> {
+        self.write(request, Command::DetachVolume, |r| match r {
+            Reply::DetachVolume(x) => Some(x),
+            _ => None,
+        })
+        .await
+    }
+
+    async fn create_snapshot(
+        &self,
+        request: Request<CreateSnapshotRequest>,
+    ) -> Result<Response<Snapshot>, Status> {
+        self.write(request, Command::CreateSnapshot, |r| match r {
+            Reply::CreateSnapshot(x) => Some(x),
+            _ => None,
+        })
+        .await
+    }
+
+    async fn describe_snapshots(
+        &self,
+        request: Request<DescribeSnapshotsRequest>,
+    ) -> Result<Response<DescribeSnapshotsResponse>, Status> {
+        self.read(
+            request,
+            Query::DescribeSnapshots,
+            |a| match a {
+                Answer::DescribeSnapshots(x) => Some(x),
+                _ => None,
+            },
+            "DescribeSnapshots",
+        )
+    }
+
+    async fn delete_snapshot(
+        &self,
+        request: Request<DeleteSnapshotRequest>,
+    ) -> Result<Response<DeleteSnapshotResponse>, Status> {
+        self.write(request, Command::DeleteSnapshot, |r| match r {
+            Reply::DeleteSnapshot(x) => Some(x),
+            _ => None,
+        })
+        .await
+    }
+
+    async fn run_instances(
+        &self,
+        request: Request<RunInstancesRequest>,
+    ) -> Result<Response<Reservation>, Status> {
+        self.write(request, Command::RunInstances, |r| match r {
+            Reply::RunInstances(x) => Some(x),
+            _ => None,
+        })
+        .await
+    }
+
+    async fn describe_instances(
+        &self,
+        request: Request<DescribeInstancesRequest>,
+    ) -> Result<Response<DescribeInstancesResponse>, Status> {
+        self.read(
+            request,
+            Query::DescribeInstances,
+            |a| match a {
+                Answer::DescribeInstances(x) => Some(x),
+                _ => None,
+            },
+            "DescribeInstances",
+        )
+    }
+
+    async fn stop_instances(
+        &self,
+        request: Request<StopInstancesRequest>,
+    ) -> Result<Response<StopInstancesResponse>, Status> {
+        self.write(request, Command::StopInstances, |r| match r {
+            Reply::StopInstances(x) => Some(x),
+            _ => None,
+        })
+        .await
+    }
+
+    async fn start_instances(
+        &self,
+        request: Request<StartInstancesRequest>,
+    ) -> Result<Response<StartInstancesResponse>, Status> {
+        self.write(request, Command::StartInstances, |r| match r {
+            Reply::StartInstances(x) => Some(x),
+            _ => None,
+        })
+        .await
+    }
+
+    async fn terminate_instances(
+        &self,
+        request: Request<TerminateInstancesRequest>,
+    ) -> Result<Response<TerminateInstancesResponse>, Status> {
+        self.write(request, Command::TerminateInstances, |r| match r {
+            Reply::TerminateInstances(x) => Some(x),
+            _ => None,
+        })
+        .await
+    }
+
+    async fn create_tags(
+        &self,
+        request: Request<CreateTagsRequest>,
+    ) -> Result<Response<CreateTagsResponse>, Status> {
+        self.write(request, Command::CreateTags, |r| match r {
+            Reply::CreateTags(x) => Some(x),
+            _ => None,
+        })
+        .await
+    }
+
+    async fn delete_tags(
+        &self,
+        request: Request<DeleteTagsRequest>,
+    ) -> Result<Response<DeleteTagsResponse>, Status> {
+        self.write(request, Command::DeleteTags, |r| match r {
+            Reply::DeleteTags(x) => Some(x),
+            _ => None,
+        })
+        .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_error_class_has_its_status_code_and_metadata() {
+        let cases = [
+            (ErrorCode::AuthFailure, Code::Unauthenticated),
+            (ErrorCode::UnauthorizedOperation, Code::PermissionDenied),
+            (ErrorCode::InvalidAmiIdMalformed, Code::InvalidArgument),
+            (ErrorCode::InvalidAmiIdNotFound, Code::NotFound),
+            (ErrorCode::InvalidAmiNameDuplicate, Code::AlreadyExists),
+            (ErrorCode::DryRunOperation, Code::FailedPrecondition),
+            (ErrorCode::VolumeLimitExceeded, Code::ResourceExhausted),
+            (ErrorCode::InternalError, Code::Internal),
+            (ErrorCode::Unavailable, Code::Unavailable),
+        ];
+        for (code, grpc) in cases {
+            let e = Ec2Error::new(code, "because");
+            let s = status_from_ec2(&e, "req-1");
+            assert_eq!(s.code(), grpc, "{code}");
+            assert_eq!(s.message(), format!("{}: because", code.as_str()));
+            assert_eq!(
+                s.metadata()
+                    .get(ERROR_CODE_KEY)
+                    .and_then(|v| v.to_str().ok()),
+                Some(code.as_str())
+            );
+            assert_eq!(
+                s.metadata()
+                    .get(REQUEST_ID_KEY)
+                    .and_then(|v| v.to_str().ok()),
+                Some("req-1")
+            );
+        }
+    }
+
+    #[test]
+    fn account_defaults_and_must_be_12_digits() {
+        let mut md = MetadataMap::new();
+        assert_eq!(account_from_metadata(&md).as_deref(), Ok(DEFAULT_ACCOUNT));
+        md.insert(ACCOUNT_KEY, AsciiMetadataValue::from_static("111122223333"));
+        assert_eq!(account_from_metadata(&md).as_deref(), Ok("111122223333"));
+        for bad in ["1234", "11112222333a", "1111222233334", ""] {
+            md.insert(ACCOUNT_KEY, AsciiMetadataValue::try_from(bad).unwrap());
+            let e = account_from_metadata(&md).unwrap_err();
+            assert_eq!(e.code, ErrorCode::AuthFailure, "{bad}");
+        }
+    }
+
+    #[test]
+    fn request_id_is_kept_when_sane_else_fresh() {
+        let mut md = MetadataMap::new();
+        let fresh = request_id_from_metadata(&md);
+        assert_eq!(fresh.len(), 36);
+        assert_ne!(fresh, request_id_from_metadata(&md));
+        md.insert(REQUEST_ID_KEY, AsciiMetadataValue::from_static("my-req.1"));
+        assert_eq!(request_id_from_metadata(&md), "my-req.1");
+        md.insert(
+            REQUEST_ID_KEY,
+            AsciiMetadataValue::try_from("x".repeat(MAX_REQUEST_ID_LEN + 1)).unwrap(),
+        );
+        assert_eq!(request_id_from_metadata(&md).len(), 36);
+        md.insert(REQUEST_ID_KEY, AsciiMetadataValue::from_static("a b"));
+        assert_eq!(request_id_from_metadata(&md).len(), 36);
+    }
+
+    #[test]
+    fn consistency_tokens_round_trip() {
+        let t = consistency_token("us-east-1", 42);
+        assert_eq!(t, "us-east-1:42");
+        assert_eq!(parse_consistency_token(&t), Some(("us-east-1", 42)));
+        assert_eq!(parse_consistency_token("us-east-1"), None);
+        assert_eq!(parse_consistency_token(":4"), None);
+        assert_eq!(parse_consistency_token("us-east-1:x"), None);
+    }
+}

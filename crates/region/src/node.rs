@@ -1,0 +1,296 @@
+//! [`RegionNode`]: one region's state, its writer and its clock, independent of gRPC.
+
+use std::collections::HashSet;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::{Arc, Mutex};
+
+use amisim_chaos::{Clock, ScaledClock};
+use amisim_core::{Answer, Command, Ec2Error, Query, ReadCtx, Reply, State};
+use amisim_log::EventLog;
+use arc_swap::ArcSwap;
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+use tokio::sync::{mpsc, oneshot, watch};
+
+use crate::writer::{unavailable, NodeStatus, Request, Writer};
+use crate::{RegionConfig, RegionError};
+
+/// Events read per `read_range` call while replaying.
+const REPLAY_CHUNK: u64 = 4096;
+
+/// A running region: serves reads from the published state and funnels every write through
+/// its single writer thread. Cheap to share as `Arc<RegionNode>`.
+pub struct RegionNode {
+    region: String,
+    seed: u64,
+    clock: Arc<dyn Clock>,
+    log: Arc<dyn EventLog>,
+    published: Arc<ArcSwap<State>>,
+    commands: mpsc::Sender<Request>,
+    shutdown: watch::Sender<bool>,
+    status: watch::Receiver<NodeStatus>,
+    writer: Mutex<Option<std::thread::JoinHandle<()>>>,
+}
+
+impl std::fmt::Debug for RegionNode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RegionNode")
+            .field("region", &self.region)
+            .field("seed", &self.seed)
+            .field("head_seq", &self.head_seq())
+            .field("status", &*self.status.borrow())
+            .finish()
+    }
+}
+
+impl RegionNode {
+    /// Replays `log` and starts the node with a [`ScaledClock`] at `cfg.time_scale`, starting no
+    /// earlier than the last logged event (so a restarted node never goes back in time).
+    pub fn start(
+        cfg: RegionConfig,
+        log: Arc<dyn EventLog>,
+    ) -> Result<Arc<RegionNode>, RegionError> {
+        let scale = cfg.time_scale;
+        Self::start_with_clock(cfg, log, move |last_sim_ms| {
+            Arc::new(ScaledClock::new(scale, last_sim_ms))
+        })
+    }
+
+    /// As [`RegionNode::start`], with the clock made by `make_clock` from the sim time of the
+    /// last logged event (0 for an empty log); e.g. a [`amisim_chaos::VirtualClock`] for
+    /// reproducible experiments. `cfg.time_scale` is then unused.
+    pub fn start_with_clock(
+        cfg: RegionConfig,
+        log: Arc<dyn EventLog>,
+        make_clock: impl FnOnce(u64) -> Arc<dyn Clock>,
+    ) -> Result<Arc<RegionNode>, RegionError> {
+        cfg.validate()?;
+        let state = replay(&cfg.region, log.as_ref())?;
+        let clock = make_clock(state.last_sim_time_ms);
+        let seed = cfg.seed.unwrap_or_else(rand::random);
+        tracing::info!(
+            region = %cfg.region,
+            seed,
+            head_seq = state.seq,
+            sim_time_ms = clock.now_ms(),
+            timers = state.timers.len(),
+            "region node starting (replay with this seed to reproduce ids)"
+        );
+        let rng = node_rng(seed, state.seq);
+        let published = Arc::new(ArcSwap::from_pointee(state.clone()));
+        let (commands, rx) = mpsc::channel(cfg.max_batch.saturating_mul(4).max(1024));
+        let (shutdown, shutdown_rx) = watch::channel(false);
+        let (status_tx, status) = watch::channel(NodeStatus::Running);
+        let writer = Writer {
+            region: cfg.region.clone(),
+            config: cfg.core,
+            max_batch: cfg.max_batch,
+            clock: clock.clone(),
+            log: log.clone(),
+            published: published.clone(),
+            state,
+            rng,
+            rx,
+            shutdown: shutdown_rx,
+            status: status_tx,
+            stale: HashSet::new(),
+        };
+        let handle = std::thread::Builder::new()
+            .name(format!("amisim-writer-{}", cfg.region))
+            .spawn(move || writer.run_blocking())
+            .map_err(RegionError::Spawn)?;
+        Ok(Arc::new(RegionNode {
+            region: cfg.region,
+            seed,
+            clock,
+            log,
+            published,
+            commands,
+            shutdown,
+            status,
+            writer: Mutex::new(Some(handle)),
+        }))
+    }
+
+    /// The region this node owns.
+    pub fn region(&self) -> &str {
+        &self.region
+    }
+
+    /// The seed of the node's RNG.
+    pub fn seed(&self) -> u64 {
+        self.seed
+    }
+
+    /// The seq of the last event in the published state (durable, visible to reads).
+    pub fn head_seq(&self) -> u64 {
+        self.published.load().seq
+    }
+
+    /// The published state: every acknowledged write, never a half batch. O(1).
+    pub fn state(&self) -> Arc<State> {
+        self.published.load_full()
+    }
+
+    /// Simulated now, ms since the Unix epoch.
+    pub fn now_ms(&self) -> u64 {
+        self.clock.now_ms()
+    }
+
+    /// The node's clock.
+    pub fn clock(&self) -> Arc<dyn Clock> {
+        self.clock.clone()
+    }
+
+    /// The node's event log.
+    pub fn log(&self) -> Arc<dyn EventLog> {
+        self.log.clone()
+    }
+
+    /// What the writer is doing now.
+    pub fn status(&self) -> NodeStatus {
+        self.status.borrow().clone()
+    }
+
+    /// A receiver of every status change (health checks follow it).
+    pub fn watch_status(&self) -> watch::Receiver<NodeStatus> {
+        self.status.clone()
+    }
+
+    /// Decides `command` as `account_id`, makes its events durable, and answers with the reply
+    /// and the seq of its last event (the head if it wrote nothing): `<region>:<seq>` is the
+    /// consistency token. The published state already includes the write when this returns.
+    ///
+    /// The account is not checked here (the gRPC edge does); `system` acts as timers do.
+    pub async fn execute(
+        &self,
+        account_id: &str,
+        request_id: &str,
+        command: Command,
+    ) -> Result<(Reply, u64), Ec2Error> {
+        let (reply, rx) = oneshot::channel();
+        let request = Request {
+            account_id: account_id.to_string(),
+            request_id: request_id.to_string(),
+            command,
+            reply,
+        };
+        if self.commands.send(request).await.is_err() {
+            return Err(self.refusal());
+        }
+        match rx.await {
+            Ok(outcome) => outcome,
+            Err(_) => Err(self.refusal()),
+        }
+    }
+
+    /// Answers a read from the published state, at the clock's now. Never waits for the writer.
+    pub fn query(&self, account_id: &str, query: Query) -> Result<Answer, Ec2Error> {
+        let state = self.published.load();
+        let ctx = ReadCtx {
+            region: &self.region,
+            account_id,
+            now_ms: self.clock.now_ms().max(state.last_sim_time_ms),
+        };
+        catch_unwind(AssertUnwindSafe(|| amisim_core::query(&state, &ctx, query))).unwrap_or_else(
+            |_| {
+                tracing::error!(region = %self.region, "the domain panicked answering a read");
+                Err(Ec2Error::internal("An internal error has occurred"))
+            },
+        )
+    }
+
+    /// Stops the writer cleanly: commands already queued are decided and answered, later ones
+    /// get `Unavailable`. Returns when the writer thread has ended and released the log. Reads
+    /// keep working from the last published state.
+    pub async fn shutdown(&self) {
+        self.shutdown.send_replace(true);
+        let mut status = self.status.clone();
+        // An Err means the writer is gone already.
+        let _ = status.wait_for(|s| *s != NodeStatus::Running).await;
+        let handle = self.writer.lock().ok().and_then(|mut h| h.take());
+        if let Some(handle) = handle {
+            // The thread has reported its end; joining only reaps it.
+            let _ = tokio::task::spawn_blocking(move || handle.join()).await;
+        }
+    }
+
+    /// Why a write cannot be taken.
+    fn refusal(&self) -> Ec2Error {
+        let why = match &*self.status.borrow() {
+            NodeStatus::Running | NodeStatus::Stopped => "the node is shutting down".to_string(),
+            NodeStatus::Failed(e) => format!("the node stopped after a storage error ({e})"),
+        };
+        unavailable(&self.region, &why)
+    }
+}
+
+impl Drop for RegionNode {
+    fn drop(&mut self) {
+        // Let the writer finish what is queued and end, even if nobody called `shutdown`.
+        self.shutdown.send_replace(true);
+    }
+}
+
+/// Folds the whole log into a fresh state, checking that it is gapless and this region's.
+pub fn replay(region: &str, log: &dyn EventLog) -> Result<State, RegionError> {
+    replay_to(region, log, log.head().seq)
+}
+
+/// Folds events `1..=to` of the log into a fresh state (same checks as [`replay`]).
+pub fn replay_to(region: &str, log: &dyn EventLog, to: u64) -> Result<State, RegionError> {
+    let mut state = State::new();
+    let mut next = 1;
+    while next <= to {
+        let end = to.min(next.saturating_add(REPLAY_CHUNK - 1));
+        let events = log.read_range(next, end)?;
+        if events.is_empty() {
+            return Err(RegionError::Gap {
+                expected: next,
+                found: 0,
+            });
+        }
+        for e in &events {
+            if e.seq != next {
+                return Err(RegionError::Gap {
+                    expected: next,
+                    found: e.seq,
+                });
+            }
+            if e.region != region {
+                return Err(RegionError::WrongRegion {
+                    expected: region.to_string(),
+                    found: e.region.clone(),
+                    seq: e.seq,
+                });
+            }
+            state.apply(e);
+            next += 1;
+        }
+    }
+    Ok(state)
+}
+
+/// The writer's RNG: keyed by the seed and the head seq at start, so a restarted node (same
+/// seed, longer log) never replays the id sequence of its previous life. The 32-byte ChaCha key
+/// is the two numbers side by side, so distinct pairs give independent streams.
+fn node_rng(seed: u64, head_seq: u64) -> ChaCha8Rng {
+    let mut key = [0u8; 32];
+    key[..8].copy_from_slice(&seed.to_le_bytes());
+    key[8..16].copy_from_slice(&head_seq.to_le_bytes());
+    ChaCha8Rng::from_seed(key)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::RngCore;
+
+    #[test]
+    fn the_rng_depends_on_seed_and_head() {
+        let a = node_rng(7, 0).next_u64();
+        assert_eq!(a, node_rng(7, 0).next_u64());
+        assert_ne!(a, node_rng(7, 1).next_u64());
+        assert_ne!(a, node_rng(8, 0).next_u64());
+    }
+}

@@ -1,0 +1,157 @@
+//! The internal `Region` gRPC service (`region.proto`): what the coordinator and operators need
+//! besides the public API — the node's identity and head, its log as a stream, and the digest
+//! check that live state equals a replay.
+
+use std::pin::Pin;
+use std::sync::Arc;
+
+use amisim_log::LogError;
+use amisim_proto::region_server::Region;
+use amisim_proto::{
+    Event, GetRegionInfoRequest, GetRegionInfoResponse, GetStateDigestRequest,
+    GetStateDigestResponse, StreamEventsRequest,
+};
+use futures::{Stream, StreamExt};
+use tokio::sync::watch;
+use tonic::{Request, Response, Status};
+
+use crate::node::replay_to;
+use crate::{RegionError, RegionNode};
+
+/// The `Region` service of one node.
+#[derive(Debug, Clone)]
+pub struct RegionService {
+    node: Arc<RegionNode>,
+    /// Turns true when the server shuts down: live event streams then end (with UNAVAILABLE),
+    /// otherwise a follower would hold the graceful shutdown open forever.
+    closing: Option<watch::Receiver<bool>>,
+}
+
+impl RegionService {
+    pub fn new(node: Arc<RegionNode>) -> Self {
+        RegionService {
+            node,
+            closing: None,
+        }
+    }
+
+    /// Ends every event stream with UNAVAILABLE once `closing` turns true.
+    pub fn with_closing(mut self, closing: watch::Receiver<bool>) -> Self {
+        self.closing = Some(closing);
+        self
+    }
+}
+
+/// The stream of `StreamEvents`.
+pub type EventStream = Pin<Box<dyn Stream<Item = Result<Event, Status>> + Send + 'static>>;
+
+/// `stream` until `closing` turns true, then one UNAVAILABLE item and the end.
+fn until_closing(
+    stream: impl Stream<Item = Result<Event, Status>> + Send + 'static,
+    mut closing: watch::Receiver<bool>,
+) -> EventStream {
+    let stop = Box::pin(async move {
+        // A dropped sender means nobody will ever close: wait forever.
+        if closing.wait_for(|c| *c).await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    });
+    let state = (Box::pin(stream), stop, false);
+    Box::pin(futures::stream::unfold(
+        state,
+        |(mut stream, mut stop, done)| async move {
+            if done {
+                return None;
+            }
+            tokio::select! {
+                biased;
+                _ = &mut stop => Some((
+                    Err(Status::unavailable(
+                        "the region node is shutting down; resume from the next seq",
+                    )),
+                    (stream, stop, true),
+                )),
+                item = stream.next() => item.map(|i| (i, (stream, stop, false))),
+            }
+        },
+    ))
+}
+
+fn status_from_log(e: &LogError) -> Status {
+    Status::internal(format!("event log: {e}"))
+}
+
+fn status_from_region(e: &RegionError) -> Status {
+    match e {
+        RegionError::Log(l) => status_from_log(l),
+        other => Status::internal(other.to_string()),
+    }
+}
+
+#[tonic::async_trait]
+impl Region for RegionService {
+    async fn get_region_info(
+        &self,
+        _request: Request<GetRegionInfoRequest>,
+    ) -> Result<Response<GetRegionInfoResponse>, Status> {
+        Ok(Response::new(GetRegionInfoResponse {
+            region: self.node.region().to_string(),
+            head_seq: self.node.head_seq(),
+            sim_time_ms: self.node.now_ms(),
+            seed: self.node.seed(),
+        }))
+    }
+
+    type StreamEventsStream = EventStream;
+
+    async fn stream_events(
+        &self,
+        request: Request<StreamEventsRequest>,
+    ) -> Result<Response<Self::StreamEventsStream>, Status> {
+        let r = request.into_inner();
+        tracing::info!(
+            region = %self.node.region(),
+            from_seq = r.from_seq,
+            follow = r.follow,
+            "event stream opened"
+        );
+        let stream = amisim_log::tail(self.node.log(), r.from_seq, r.follow)
+            .map(|item| item.map_err(|e| status_from_log(&e)));
+        match self.closing.clone() {
+            None => Ok(Response::new(Box::pin(stream))),
+            Some(closing) => Ok(Response::new(until_closing(stream, closing))),
+        }
+    }
+
+    async fn get_state_digest(
+        &self,
+        request: Request<GetStateDigestRequest>,
+    ) -> Result<Response<GetStateDigestResponse>, Status> {
+        let replay = request.into_inner().replay;
+        // The published state names the seq it reflects, so digest and seq always match.
+        let state = self.node.state();
+        let region = self.node.region().to_string();
+        let log = self.node.log();
+        // Hashing a big state and replaying a big log are long CPU and disk work: off the
+        // async workers.
+        let work = tokio::task::spawn_blocking(move || {
+            let digest = state.digest();
+            let replay_digest = if replay {
+                replay_to(&region, log.as_ref(), state.seq)?.digest()
+            } else {
+                String::new()
+            };
+            Ok::<_, RegionError>(GetStateDigestResponse {
+                region,
+                seq: state.seq,
+                digest,
+                replay_digest,
+            })
+        });
+        match work.await {
+            Ok(Ok(r)) => Ok(Response::new(r)),
+            Ok(Err(e)) => Err(status_from_region(&e)),
+            Err(e) => Err(Status::internal(format!("digest task failed: {e}"))),
+        }
+    }
+}
