@@ -419,6 +419,28 @@ impl Ec2 for Ec2Service {
         .await
     }
 
+    async fn copy_image(
+        &self,
+        request: Request<CopyImageRequest>,
+    ) -> Result<Response<CopyImageResponse>, Status> {
+        self.write(request, Command::CopyImage, |r| match r {
+            Reply::CopyImage(x) => Some(x),
+            _ => None,
+        })
+        .await
+    }
+
+    async fn copy_snapshot(
+        &self,
+        request: Request<CopySnapshotRequest>,
+    ) -> Result<Response<CopySnapshotResponse>, Status> {
+        self.write(request, Command::CopySnapshot, |r| match r {
+            Reply::CopySnapshot(x) => Some(x),
+            _ => None,
+        })
+        .await
+    }
+
     async fn create_tags(
         &self,
         request: Request<CreateTagsRequest>,

@@ -9,10 +9,11 @@ use amisim_log::LogError;
 use amisim_proto::region_server::Region;
 use amisim_proto::{
     Event, GetRegionInfoRequest, GetRegionInfoResponse, GetStateDigestRequest,
-    GetStateDigestResponse, StreamEventsRequest,
+    GetStateDigestResponse, SagaStep, SagaStepResponse, StreamEventsRequest,
 };
 use futures::{Stream, StreamExt};
 use tokio::sync::watch;
+use amisim_core::{ids, Command, Reply};
 use tonic::{Request, Response, Status};
 
 use crate::node::replay_to;
@@ -120,6 +121,30 @@ impl Region for RegionService {
         match self.closing.clone() {
             None => Ok(Response::new(Box::pin(stream))),
             Some(closing) => Ok(Response::new(until_closing(stream, closing))),
+        }
+    }
+
+    async fn execute_saga_step(
+        &self,
+        request: Request<SagaStep>,
+    ) -> Result<Response<SagaStepResponse>, Status> {
+        let request_id = crate::ec2_service::request_id_from_metadata(request.metadata());
+        let step = request.into_inner();
+        let span = tracing::info_span!(
+            "saga_step",
+            region = %self.node.region(),
+            correlation_id = %step.correlation_id,
+            request_id = %request_id,
+        );
+        let _entered = span.enter();
+        match self
+            .node
+            .execute(ids::SYSTEM_ACCOUNT, &request_id, Command::Saga(step))
+            .await
+        {
+            Ok((Reply::Saga(r), _seq)) => Ok(Response::new(*r)),
+            Ok(_) => Err(Status::internal("saga step got a foreign reply")),
+            Err(e) => Err(crate::ec2_service::status_from_ec2(&e, &request_id)),
         }
     }
 

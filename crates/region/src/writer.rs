@@ -289,10 +289,19 @@ impl Writer {
         let head = self.state.seq;
         for p in pending {
             let Some(tx) = p.reply else { continue };
-            let outcome = p.result.map(|(reply, last)| {
+            let outcome = p.result.map(|(mut reply, last)| {
                 let seq = last
                     .and_then(|i| stamped.get(i))
                     .map_or(head, |e: &Event| e.seq);
+                // A source read recorded by this very call learns its place in the log now.
+                if let Reply::Saga(r) = &mut reply {
+                    if let Some(at) = r.source_read_at.as_mut() {
+                        if at.seq == 0 && last.is_some() {
+                            at.seq = seq;
+                            at.region = self.region.clone();
+                        }
+                    }
+                }
                 (reply, seq)
             });
             // The caller may have gone away (cancelled request); its write stands.
@@ -330,6 +339,7 @@ impl Writer {
             })?
         };
         let mut last = None;
+        let correlation_id = decision.correlation_id.unwrap_or_default();
         for payload in decision.events {
             working.apply_payload(&payload);
             last = Some(events.len());
@@ -340,6 +350,8 @@ impl Writer {
                 wall_time_ms: wall,
                 account_id: account_id.to_string(),
                 request_id: request_id.to_string(),
+                correlation_id: correlation_id.clone(),
+                depends_on: decision.depends_on.clone(),
                 payload: Some(payload),
                 ..Default::default()
             });
