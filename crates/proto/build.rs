@@ -8,6 +8,8 @@ const FILES: &[&str] = &[
     "amisim/v1/ec2.proto",
     "amisim/v1/events.proto",
     "amisim/v1/region.proto",
+    "amisim/v1/coordinator.proto",
+    "amisim/v1/kms.proto",
 ];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {

@@ -1,1 +1,125 @@
-fn main() {}
+//! `amisim`: the one binary (DESIGN.md §2).
+//!
+//! | subcommand | module | what |
+//! |---|---|---|
+//! | `dev` | [`dev`] | the embedded default: every region node and the gateway in one process |
+//! | `region` | [`region`] | one region node as its own process |
+//! | `coordinator` | [`coordinator`] | the coordinator (gateway, global projection, copy sagas) in front of region nodes given by URL |
+//! | `copies` | [`copies`] | list the copies a coordinator knows (`Coordinator.ListCopies`) |
+//! | `replay` | [`replay`] | verify a region's log and fold it offline: head, digest, resources |
+//!
+//! Conventions every subcommand keeps, so scripts and tests can drive it:
+//! - **stdout** carries only the few facts a caller needs, one per line (`... listening on
+//!   127.0.0.1:50051`, seeds, data directories) or a report (`replay`); **stderr** carries the
+//!   `tracing` log (`RUST_LOG`, default `info`; `--log-format json` for machines).
+//! - **exit codes**: 0 done, 1 runtime error (the message names the cause: the address in use,
+//!   the first corrupt seq, ...), 2 usage error (clap's).
+//! - Servers stop gracefully on Ctrl-C or SIGTERM: in-flight calls finish, logs are closed.
+//!
+//! Every flag has an `AMISIM_*` environment fallback (shown in `--help`).
+
+mod accounts;
+mod coordinator;
+mod copies;
+mod dev;
+mod logging;
+mod region;
+mod replay;
+mod shutdown;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// Simulator of the EC2 AMI / EBS snapshot control plane across regions.
+///
+/// Each region is a gRPC node with its own append-only event log; a gateway routes the public
+/// `amisim.v1.Ec2` API to the region named by the request metadata `x-amisim-region`.
+/// Start with `amisim dev`, then point any gRPC client at the printed address.
+#[derive(Debug, Parser)]
+#[command(name = "amisim", version, propagate_version = true)]
+struct Cli {
+    /// Log format on stderr. The level comes from RUST_LOG (default `info`).
+    #[arg(long, global = true, value_enum, default_value_t = logging::LogFormat::Text, env = "AMISIM_LOG_FORMAT")]
+    log_format: logging::LogFormat,
+
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    Dev(dev::DevArgs),
+    Region(region::RegionArgs),
+    Coordinator(coordinator::CoordinatorArgs),
+    Copies(copies::CopiesArgs),
+    Replay(replay::ReplayArgs),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let default_level = match cli.command {
+        Command::Replay(_) | Command::Copies(_) => "warn",
+        _ => "info",
+    };
+    logging::init(cli.log_format, default_level);
+    let log_format = cli.log_format;
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("amisim")
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("amisim: error: cannot start the async runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let result = runtime.block_on(async move {
+        match cli.command {
+            Command::Dev(args) => dev::run(args).await,
+            Command::Region(args) => region::run(args).await,
+            Command::Coordinator(args) => coordinator::run(args).await,
+            Command::Copies(args) => copies::run(args).await,
+            Command::Replay(args) => replay::run(args),
+        }
+    });
+    // Do not wait for detached blocking work (sled's flusher, ...) longer than needed.
+    runtime.shutdown_timeout(std::time::Duration::from_secs(5));
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            let message = error_chain(&e);
+            if log_format == logging::LogFormat::Json {
+                tracing::error!(error = %message, "exiting");
+            }
+            eprintln!("amisim: error: {message}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+/// `context: cause: cause`, skipping a cause whose text its parent already shows (many error
+/// types print their source in their own message).
+fn error_chain(e: &anyhow::Error) -> String {
+    let mut out = String::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        if out.contains(&text) {
+            continue;
+        }
+        if !out.is_empty() {
+            out.push_str(": ");
+        }
+        out.push_str(&text);
+    }
+    out
+}
+
+/// Binds a TCP listener, with an error that names the address (and the usual cause).
+pub(crate) async fn bind(addr: &str) -> anyhow::Result<tokio::net::TcpListener> {
+    use anyhow::Context;
+    tokio::net::TcpListener::bind(addr).await.with_context(|| {
+        format!("cannot listen on {addr} (is another amisim or program already using it?)")
+    })
+}

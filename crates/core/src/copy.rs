@@ -24,7 +24,15 @@
 //!
 //! [sim] Assumptions named here and in the tests: a copy takes one of the 20 in-flight slots
 //! whether it copies a snapshot or an image; every copy moves the full snapshot (no incremental
-//! lineage); encryption by default is off; a KMS key is only checked for its region.
+//! lineage).
+//!
+//! Encryption follows EC2_SEMANTICS.md §4.2's copy outcome table ([`crate::encryption::copy_key`]),
+//! evaluated in the destination when the copy starts: a key that is missing, of another region,
+//! disabled, pending deletion or not admitting the requester fails the copy then (snapshot
+//! `error` `Given key ID is not accessible`, image `failed` `Client.InternalError`). A source
+//! under a key the requester may not use fails in ReadCopySource the same way. A key disabled or
+//! scheduled for deletion while a copy transfers fails it in that same decision
+//! ([`crate::kms::fail_copies_under`], through [`fail_copy_snapshot`]).
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -57,8 +65,6 @@ pub const INTERNAL_ERROR_MESSAGE: &str = "Copy image failed with an internal err
 pub const SOURCE_SNAPSHOT_INVALID: &str = "Source snapshot ID is not valid";
 /// StateMessage of a snapshot copy whose key cannot be used (observed).
 pub const KEY_NOT_ACCESSIBLE: &str = "Given key ID is not accessible";
-/// [sim] Encryption by default is off until KMS is simulated.
-const ENCRYPTION_BY_DEFAULT: bool = false;
 /// Due time of a snapshot copy that has not started: its progress stays `0%`.
 const NOT_STARTED: u64 = u64::MAX;
 
@@ -112,6 +118,9 @@ pub struct CopyTask {
     /// Time-based copy duration (0: standard).
     pub completion_duration_minutes: i32,
     pub requested_at_ms: u64,
+    /// Seq of the request (`ImageCopyRequested` / `SnapshotCopyRequested`) in this region's log
+    /// (0 in a preview, before it is logged): what the coordinator's ReadCopySource depends on.
+    pub requested_seq: u64,
     /// Set by `ImageCopyStarted` / `SnapshotCopyStarted`.
     pub started_at_ms: Option<u64>,
 }
@@ -362,15 +371,6 @@ fn key_arn(ctx: &Ctx<'_>, kms_key_id: &str) -> String {
     }
 }
 
-/// True if a key ARN can be used in `region`: KMS keys are regional (EC2_SEMANTICS.md §4.2).
-/// [sim] Nothing else about keys is known yet.
-fn key_usable_in(arn: &str, region: &str) -> bool {
-    match arn.split(':').nth(3) {
-        Some(r) if arn.starts_with("arn:") => r == region,
-        _ => true,
-    }
-}
-
 /// Why a source cannot be copied: the EC2 error of a same-region request; asynchronously
 /// `Client.<code>` with the message is an image copy's StateReason, and `snapshot_message` a
 /// snapshot copy's StateMessage.
@@ -422,13 +422,14 @@ fn unencrypted_copy(snapshot_id: &str) -> Refusal {
 fn check_source_image<'s>(
     state: &'s State,
     account: &str,
+    membership: &crate::Membership,
     image_id: &str,
     encrypted: Option<bool>,
 ) -> Result<(&'s Image, Vec<&'s Snapshot>), Refusal> {
     let img = state
         .images
         .get(image_id)
-        .filter(|i| image::is_visible(i, account))
+        .filter(|i| image::is_visible(i, account, membership))
         .ok_or_else(|| Refusal::from_error(Ec2Error::image_not_found(&[image_id])))?;
     if img.state != ImageState::Available {
         // [unconfirmed] code and wording.
@@ -503,10 +504,12 @@ fn check_source_snapshot<'s>(
     Ok(s)
 }
 
-/// A snapshot another account may not decrypt: encrypted under its owner's AWS managed key
-/// (EC2_SEMANTICS.md §4.2). [sim] Customer managed key policies come with KMS.
-fn key_inaccessible(s: &Snapshot, account: &str) -> bool {
-    s.encrypted && s.owner_id != account && s.kms_key_id.ends_with(":alias/aws/ebs")
+/// A source snapshot `account` may not decrypt in `region`: encrypted under a key that is not
+/// usable by it (another account's AWS managed key, a key whose policy does not admit it, a
+/// disabled or deleted key; EC2_SEMANTICS.md §4.1, §4.2).
+fn key_inaccessible(state: &State, region: &str, s: &Snapshot, account: &str) -> bool {
+    s.encrypted
+        && crate::encryption::resource_key_usable(state, region, account, &s.kms_key_id).is_err()
 }
 
 fn check_name_free(state: &State, owner: &str, name: &str) -> Ec2Result<()> {
@@ -638,7 +641,13 @@ pub fn copy_image(
     }
     // 7–10 The source, when it is in this region (else the saga finds out, DESIGN.md §6).
     if r.source_region == ctx.region {
-        check_source_image(state, ctx.account_id, &r.source_image_id, r.encrypted)
+        check_source_image(
+            state,
+            ctx.account_id,
+            ctx.membership,
+            &r.source_image_id,
+            r.encrypted,
+        )
             .map_err(Refusal::error)?;
     }
     check_name_free(state, ctx.account_id, &r.name)?;
@@ -876,9 +885,10 @@ fn read_copy_source(
     };
     match kind {
         CopyKind::Image => {
-            match check_source_image(state, &s.account_id, &s.source_id, encrypted) {
+            match check_source_image(state, &s.account_id, ctx.membership, &s.source_id, encrypted)
+            {
                 Err(r) => fail(&mut read, r.reason_code(), r.message),
-                Ok((_, snaps)) if snaps.iter().any(|x| key_inaccessible(x, &s.account_id)) => fail(
+                Ok((_, snaps)) if snaps.iter().any(|x| key_inaccessible(state, ctx.region, x, &s.account_id)) => fail(
                     &mut read,
                     INTERNAL_ERROR_CODE.into(),
                     INTERNAL_ERROR_MESSAGE.into(),
@@ -924,7 +934,7 @@ fn read_copy_source(
                     let code = r.reason_code();
                     fail(&mut read, code, r.snapshot_message)
                 }
-                Ok(x) if key_inaccessible(x, &s.account_id) => fail(
+                Ok(x) if key_inaccessible(state, ctx.region, x, &s.account_id) => fail(
                     &mut read,
                     INTERNAL_ERROR_CODE.into(),
                     KEY_NOT_ACCESSIBLE.into(),
@@ -975,31 +985,33 @@ struct Transfer {
     transfer_type: &'static str,
 }
 
-/// Plans the copy of one source snapshot: encryption per EC2_SEMANTICS.md §4.2's table, data
-/// key (kept when the key is, else new), and the due time (§10.2).
+/// Plans the copy of one source snapshot: encryption per EC2_SEMANTICS.md §4.2's table
+/// ([`crate::encryption::copy_key`], checked against this region's KMS now), data key (kept when
+/// the key is, else new), and the due time (§10.2). `Err`: the key cannot be used.
 fn plan_transfer(
+    state: &State,
     ctx: &mut Ctx<'_>,
     task: &CopyTask,
     src: &pb::CopySourceSnapshot,
     same_region: bool,
     link: Option<&LinkParams>,
-) -> Transfer {
-    let default_key = volume::default_ebs_key(ctx.region, &task.owner_id);
+) -> Result<Transfer, crate::kms::KeyProblem> {
     let own = src.owner_id == task.owner_id;
-    let (encrypted, kms_key_id) = if !task.kms_key_id.is_empty() {
-        (true, task.kms_key_id.clone())
-    } else if src.encrypted {
-        if same_region && own {
-            (true, src.kms_key_id.clone())
-        } else {
-            // [unconfirmed] for an own snapshot from another region.
-            (true, default_key)
-        }
-    } else if task.encrypted == Some(true) || ENCRYPTION_BY_DEFAULT {
-        (true, default_key)
-    } else {
-        (false, String::new())
-    };
+    let key = crate::encryption::copy_key(
+        state,
+        ctx.region,
+        &task.owner_id,
+        task.encrypted,
+        &task.kms_key_id,
+        crate::encryption::SourceSnapshot {
+            owner_id: &src.owner_id,
+            encrypted: src.encrypted,
+            kms_key_id: &src.kms_key_id,
+        },
+        same_region,
+    )?;
+    let encrypted = key.is_some();
+    let kms_key_id = key.unwrap_or_default();
     let data_encryption_key_id = if !encrypted {
         String::new()
     } else if src.encrypted && kms_key_id == src.kms_key_id {
@@ -1025,7 +1037,7 @@ fn plan_transfer(
             "standard",
         )
     };
-    Transfer {
+    Ok(Transfer {
         encrypted,
         kms_key_id,
         data_encryption_key_id,
@@ -1033,7 +1045,7 @@ fn plan_transfer(
         transferred_bytes: if metadata_only { 0 } else { to_i64(full) },
         complete_at_ms: ctx.now_ms.saturating_add(duration),
         transfer_type,
-    }
+    })
 }
 
 /// StartCopy, in the destination region: starts the transfer (or fails the copy) once.
@@ -1092,7 +1104,7 @@ fn start_copy(state: &State, ctx: &mut Ctx<'_>, s: pb::StartCopy) -> Ec2Result<S
             Some(img) => start_image_copy(state, ctx, task, img, source, link),
             None => return Ok(idle("cancelled")),
         },
-        CopyKind::Snapshot => start_snapshot_copy(ctx, task, source, link),
+        CopyKind::Snapshot => start_snapshot_copy(state, ctx, task, source, link),
     };
     let after = crate::preview(state, &events);
     let dest_state = after
@@ -1146,9 +1158,6 @@ fn start_image_copy(
     if !source.ok {
         return failed(&source.failure_code, &source.failure_message);
     }
-    if !key_usable_in(&task.kms_key_id, ctx.region) {
-        return failed(INTERNAL_ERROR_CODE, INTERNAL_ERROR_MESSAGE);
-    }
     let same_region = source.source_region == ctx.region;
     let mut events = Vec::new();
     // Source snapshot id → (new snapshot id, its encryption).
@@ -1158,7 +1167,10 @@ fn start_image_copy(
         if copied.contains_key(src.snapshot_id.as_str()) {
             continue;
         }
-        let t = plan_transfer(ctx, task, src, same_region, link);
+        // A key that cannot be used fails the whole image (EC2_SEMANTICS.md §10.2).
+        let Ok(t) = plan_transfer(state, ctx, task, src, same_region, link) else {
+            return failed(INTERNAL_ERROR_CODE, INTERNAL_ERROR_MESSAGE);
+        };
         let snapshot_id = ctx.new_id(Kind::Snapshot, state);
         last_complete = Some(last_complete.map_or(t.complete_at_ms, |l| l.max(t.complete_at_ms)));
         events.push(Payload::SnapshotCreated(pb::SnapshotCreated {
@@ -1254,6 +1266,7 @@ fn start_image_copy(
 }
 
 fn start_snapshot_copy(
+    state: &State,
     ctx: &mut Ctx<'_>,
     task: &CopyTask,
     source: &pb::CopySourceRead,
@@ -1271,14 +1284,13 @@ fn start_snapshot_copy(
     if !source.ok {
         return failed(&source.failure_message);
     }
-    if !key_usable_in(&task.kms_key_id, ctx.region) {
-        return failed(KEY_NOT_ACCESSIBLE);
-    }
     let Some(src) = source.snapshots.first() else {
         return failed(SOURCE_SNAPSHOT_INVALID);
     };
     let same_region = source.source_region == ctx.region;
-    let t = plan_transfer(ctx, task, src, same_region, link);
+    let Ok(t) = plan_transfer(state, ctx, task, src, same_region, link) else {
+        return failed(KEY_NOT_ACCESSIBLE);
+    };
     (
         vec![Payload::SnapshotCopyStarted(pb::SnapshotCopyStarted {
             snapshot_id: task.dest_id.clone(),
@@ -1392,6 +1404,7 @@ pub(crate) fn apply(state: &mut State, p: &Payload) {
                     snapshot_tags: tags_from(&e.snapshot_tags),
                     completion_duration_minutes: e.completion_duration_minutes,
                     requested_at_ms: e.requested_at_ms,
+                    requested_seq: 0,
                     started_at_ms: None,
                 },
             );
@@ -1436,6 +1449,7 @@ pub(crate) fn apply(state: &mut State, p: &Payload) {
                     snapshot_tags: tags_from(&e.tags),
                     completion_duration_minutes: e.completion_duration_minutes,
                     requested_at_ms: e.requested_at_ms,
+                    requested_seq: 0,
                     started_at_ms: None,
                 },
             );
@@ -1520,13 +1534,25 @@ pub(crate) fn apply(state: &mut State, p: &Payload) {
     }
 }
 
-/// Records where a `CopySourceRead` is in the log (called by `State::apply` with the envelope).
+/// Records where a copy request or a `CopySourceRead` is in the log (called by `State::apply`
+/// with the envelope).
 pub(crate) fn note_position(state: &mut State, p: &Payload, seq: u64) {
-    if let Payload::CopySourceRead(e) = p {
-        if let Some(r) = state.copy_reads.get_mut(&e.copy_id) {
-            if r.seq == 0 {
-                r.seq = seq;
+    let copy_id = match p {
+        Payload::CopySourceRead(e) => {
+            if let Some(r) = state.copy_reads.get_mut(&e.copy_id) {
+                if r.seq == 0 {
+                    r.seq = seq;
+                }
             }
+            return;
+        }
+        Payload::ImageCopyRequested(e) => &e.copy_id,
+        Payload::SnapshotCopyRequested(e) => &e.copy_id,
+        _ => return,
+    };
+    if let Some(t) = state.copies.get_mut(copy_id) {
+        if t.requested_seq == 0 {
+            t.requested_seq = seq;
         }
     }
 }
@@ -1911,6 +1937,8 @@ mod tests {
         let (new_id, copy_id) = copy_image_ok(&mut dst, OWNER, image_req(REGION, "cross"));
         let t = task(&dst, &copy_id);
         assert_eq!(t.source_region, REGION);
+        // The coordinator learns where the request is (the read depends on it).
+        assert_eq!(t.requested_seq, dst.log.len() as u64);
         assert_eq!(dst.state.copies_awaiting_start(), vec![&t]);
         // The coordinator reads in us-east-1 and, 2 s later, starts in eu-west-1.
         src.now_ms += 1_000;
@@ -1929,7 +1957,7 @@ mod tests {
         assert!(sc.encrypted);
         assert_eq!(
             sc.kms_key_id,
-            format!("arn:aws:kms:{DST}:{OWNER}:alias/aws/ebs")
+            crate::kms::aws_managed_key_arn(DST, OWNER)
         );
         assert_ne!(sc.data_encryption_key_id, DEK);
         assert_eq!(sc.data_encryption_key_id.len(), 36);
@@ -2623,7 +2651,7 @@ mod tests {
         assert!(e.encrypted);
         assert_eq!(
             e.kms_key_id,
-            format!("arn:aws:kms:{REGION}:{OWNER}:alias/aws/ebs")
+            crate::kms::aws_managed_key_arn(REGION, OWNER)
         );
         assert_eq!(e.complete_at_ms, h.now_ms + 84_613);
         assert_eq!(e.transfer_type, "standard");
@@ -2677,12 +2705,24 @@ mod tests {
         dst.assert_replay_equals_live();
     }
 
-    /// The encryption table (EC2_SEMANTICS.md §4.2) for a snapshot copy in the same region.
+    /// The encryption table (EC2_SEMANTICS.md §4.2) for a snapshot copy in the same region
+    /// (every row: `crate::encryption`'s tests).
     #[test]
     fn encryption_of_a_copy_follows_the_table() {
+        const MINE: &str = "0b6c3a52-0000-4000-8000-0000000000aa";
         let started = |source_encrypted: bool, r: pb::CopySnapshotRequest| {
             let mut h = Harness::new();
             given_snapshot(&mut h, OWNER, SNAP, 8, source_encrypted);
+            let (created, _) = crate::testkit::kms_key(REGION, OWNER, MINE, &[]);
+            h.given([
+                created,
+                Payload::KmsAliasCreated(pb::KmsAliasCreated {
+                    owner_id: OWNER.into(),
+                    alias_name: "alias/mine".into(),
+                    target_key_id: MINE.into(),
+                    creation_date_ms: T0,
+                }),
+            ]);
             let (_, copy_id) = copy_snapshot_ok(&mut h, OWNER, r);
             let t = task(&h, &copy_id);
             let rd = read(&mut h, &t, REGION);
@@ -2693,7 +2733,7 @@ mod tests {
                 other => panic!("{other:?}"),
             }
         };
-        let default_key = format!("arn:aws:kms:{REGION}:{OWNER}:alias/aws/ebs");
+        let default_key = crate::kms::aws_managed_key_arn(REGION, OWNER);
         // Unencrypted, nothing asked: unencrypted, metadata only.
         let (e, now) = started(false, snap_req(REGION));
         assert!(!e.encrypted && e.kms_key_id.is_empty() && e.data_encryption_key_id.is_empty());
@@ -2724,9 +2764,10 @@ mod tests {
                 ..snap_req(REGION)
             },
         );
+        // The alias resolves to its key: snapshots record the key ARN.
         assert_eq!(
             e.kms_key_id,
-            format!("arn:aws:kms:{REGION}:{OWNER}:alias/mine")
+            format!("arn:aws:kms:{REGION}:{OWNER}:key/{MINE}")
         );
         assert_ne!(e.data_encryption_key_id, DEK);
         assert_eq!(e.complete_at_ms, now + 84_613);

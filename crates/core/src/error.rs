@@ -22,6 +22,7 @@ pub enum ErrorCode {
     InvalidAmiIdUnavailable,
     InvalidAmiNameDuplicate,
     InvalidAmiNameMalformed,
+    InvalidAmiAttributeItemValue,
     InvalidSnapshotNotFound,
     InvalidSnapshotIdMalformed,
     InvalidSnapshotInUse,
@@ -55,6 +56,20 @@ pub enum ErrorCode {
     InvalidId,
     InternalError,
     Unavailable,
+    /// EC2: a KMS key cannot be used in a synchronous path (CreateVolume).
+    CustomerKeyHasBeenRevoked,
+    // KMS's own error codes (kms.proto): never answered by an EC2 action.
+    KmsNotFound,
+    KmsDisabled,
+    KmsInvalidState,
+    KmsAlreadyExists,
+    KmsInvalidArn,
+    KmsValidation,
+    KmsNotAuthorized,
+    KmsAccessDenied,
+    KmsMalformedPolicyDocument,
+    KmsTag,
+    KmsInvalidMarker,
 }
 
 /// How a code maps onto transport semantics (gRPC status / HTTP status).
@@ -102,6 +117,7 @@ impl ErrorCode {
             InvalidAmiIdUnavailable => "InvalidAMIID.Unavailable",
             InvalidAmiNameDuplicate => "InvalidAMIName.Duplicate",
             InvalidAmiNameMalformed => "InvalidAMIName.Malformed",
+            InvalidAmiAttributeItemValue => "InvalidAMIAttributeItemValue",
             InvalidSnapshotNotFound => "InvalidSnapshot.NotFound",
             InvalidSnapshotIdMalformed => "InvalidSnapshotID.Malformed",
             InvalidSnapshotInUse => "InvalidSnapshot.InUse",
@@ -137,6 +153,18 @@ impl ErrorCode {
             InvalidId => "InvalidID",
             InternalError => "InternalError",
             Unavailable => "Unavailable",
+            CustomerKeyHasBeenRevoked => "CustomerKeyHasBeenRevoked",
+            KmsNotFound => "NotFoundException",
+            KmsDisabled => "DisabledException",
+            KmsInvalidState => "KMSInvalidStateException",
+            KmsAlreadyExists => "AlreadyExistsException",
+            KmsInvalidArn => "InvalidArnException",
+            KmsValidation => "ValidationException",
+            KmsNotAuthorized => "NotAuthorizedException",
+            KmsAccessDenied => "AccessDeniedException",
+            KmsMalformedPolicyDocument => "MalformedPolicyDocumentException",
+            KmsTag => "TagException",
+            KmsInvalidMarker => "InvalidMarkerException",
         }
     }
 
@@ -172,6 +200,12 @@ impl ErrorCode {
             | TagLimitExceeded => ErrorClass::ResourceExhausted,
             InternalError => ErrorClass::Internal,
             Unavailable => ErrorClass::Unavailable,
+            KmsNotFound => ErrorClass::NotFound,
+            KmsAlreadyExists => ErrorClass::AlreadyExists,
+            KmsDisabled | KmsInvalidState | CustomerKeyHasBeenRevoked => {
+                ErrorClass::FailedPrecondition
+            }
+            KmsNotAuthorized | KmsAccessDenied => ErrorClass::PermissionDenied,
             _ => ErrorClass::InvalidArgument,
         }
     }
@@ -284,5 +318,23 @@ mod tests {
         );
         assert_eq!(e.code.class(), ErrorClass::NotFound);
         assert_eq!(ErrorCode::DryRunOperation.http_status(), 412);
+    }
+
+    #[test]
+    fn kms_codes_are_kmss_own() {
+        assert_eq!(ErrorCode::KmsNotFound.as_str(), "NotFoundException");
+        assert_eq!(ErrorCode::KmsNotFound.class(), ErrorClass::NotFound);
+        assert_eq!(ErrorCode::KmsInvalidState.as_str(), "KMSInvalidStateException");
+        assert_eq!(
+            ErrorCode::KmsDisabled.class(),
+            ErrorClass::FailedPrecondition
+        );
+        assert_eq!(ErrorCode::KmsValidation.class(), ErrorClass::InvalidArgument);
+        assert_eq!(
+            ErrorCode::KmsAccessDenied.class(),
+            ErrorClass::PermissionDenied
+        );
+        assert_eq!(ErrorCode::KmsAlreadyExists.class(), ErrorClass::AlreadyExists);
+        assert_eq!(ErrorCode::KmsInvalidState.http_status(), 400);
     }
 }

@@ -150,14 +150,10 @@ fn check_aux_id(param: &str, id: &str, prefix: &str) -> Ec2Result<()> {
 }
 
 /// True if `account` may see the image (describe it, launch it): its owner, anyone for a public
-/// image, or an account it is shared with. Org/OU grants need the caller's organization, which
-/// the simulator does not know, so they do not count here.
-pub fn is_visible(img: &Image, account: &str) -> bool {
-    img.owner() == account
-        || img.is_public()
-        || img
-            .launch_permissions
-            .contains(&LaunchPermission::User(account.to_string()))
+/// image, or an account it is shared with by id, organization or OU (`membership` says who is
+/// in which; see [`crate::sharing::may_launch`]).
+pub fn is_visible(img: &Image, account: &str, membership: &crate::Membership) -> bool {
+    crate::sharing::may_launch(img, account, membership)
 }
 
 /// True if `account` may use the snapshot (its owner, a create-volume grant, or public).
@@ -896,7 +892,7 @@ pub fn deregister_image(
     let img = state
         .images
         .get(&r.image_id)
-        .filter(|i| is_visible(i, ctx.account_id))
+        .filter(|i| is_visible(i, ctx.account_id, ctx.membership))
         .ok_or_else(|| Ec2Error::image_not_found(&[r.image_id.as_str()]))?;
     if img.owner() != ctx.account_id {
         // [unconfirmed] code and text.
@@ -994,13 +990,14 @@ fn owner_matches(img: &Image, o: &str, caller: &str) -> bool {
 }
 
 /// `executable_users` entry `u` selects the image: `all` public ones, `self` (or the caller's
-/// own id) those shared with the caller, another id those shared with exactly that account.
-fn executable_by(img: &Image, u: &str, caller: &str) -> bool {
+/// own id) those shared with the caller by id, organization or OU, another id those shared with
+/// exactly that account (by id, not through an organization or OU; EC2_SEMANTICS.md §5.8).
+fn executable_by(img: &Image, u: &str, caller: &str, membership: &crate::Membership) -> bool {
     match u {
         "all" => img.is_public(),
-        "self" => img
-            .launch_permissions
-            .contains(&LaunchPermission::User(caller.to_string())),
+        id if id == "self" || id == caller => {
+            crate::sharing::shared_with(img, caller, membership)
+        }
         id => img
             .launch_permissions
             .contains(&LaunchPermission::User(id.to_string())),
@@ -1178,7 +1175,13 @@ pub fn describe_images(
         return Err(Ec2Error::dry_run());
     }
     let caller = ctx.account_id;
-    let visible = |id: &str| state.images.get(id).filter(|i| is_visible(i, caller));
+    let membership = ctx.membership;
+    let visible = |id: &str| {
+        state
+            .images
+            .get(id)
+            .filter(|i| is_visible(i, caller, membership))
+    };
     // 7 Existence of explicit ids.
     let mut missing: Vec<&str> = Vec::new();
     for id in &r.image_ids {
@@ -1190,7 +1193,12 @@ pub fn describe_images(
         return Err(Ec2Error::image_not_found(&missing));
     }
     let candidates: Box<dyn Iterator<Item = &Image>> = if r.image_ids.is_empty() {
-        Box::new(state.images.values().filter(|i| is_visible(i, caller)))
+        Box::new(
+            state
+                .images
+                .values()
+                .filter(|i| is_visible(i, caller, membership)),
+        )
     } else {
         let wanted: BTreeSet<&str> = r.image_ids.iter().map(String::as_str).collect();
         Box::new(wanted.into_iter().filter_map(visible))
@@ -1203,7 +1211,7 @@ pub fn describe_images(
             r.executable_users.is_empty()
                 || r.executable_users
                     .iter()
-                    .any(|u| executable_by(i, u, caller))
+                    .any(|u| executable_by(i, u, caller, membership))
         })
         .filter(|i| {
             let tags = if i.owner() == caller {

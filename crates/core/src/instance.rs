@@ -19,7 +19,7 @@ use crate::error::{Ec2Error, Ec2Result, ErrorCode};
 use crate::ids::{self, Kind};
 use crate::mapping::{self, Parsed};
 use crate::state::{
-    tag_records, tri_encode, ImageState, Instance, InstanceState, LaunchPermission, Mapping, State,
+    tag_records, tri_encode, ImageState, Instance, InstanceState, Mapping, State,
     Tags, VolumeState,
 };
 use crate::time::{gmt, iso};
@@ -72,22 +72,11 @@ fn family(instance_type: &str) -> &str {
     instance_type.split('.').next().unwrap_or(instance_type)
 }
 
-/// A KMS key reference as the key's ARN form (ids and aliases are regional, of the caller).
-/// [sim] The key itself is not checked here: EC2 checks keys asynchronously (§4.2).
-fn kms_arn(region: &str, account: &str, key: &str) -> String {
-    if key.starts_with("arn:") {
-        key.to_string()
-    } else if key.starts_with("alias/") {
-        format!("arn:aws:kms:{region}:{account}:{key}")
-    } else {
-        format!("arn:aws:kms:{region}:{account}:key/{key}")
-    }
-}
-
-/// The region's AWS managed EBS key, as an alias ARN ([unconfirmed] format, §5.14).
-fn default_ebs_key(region: &str, account: &str) -> String {
-    format!("arn:aws:kms:{region}:{account}:alias/aws/ebs")
-}
+/// The state reason of an instance whose volume key cannot be used (EC2_SEMANTICS.md §4.2): it
+/// launches `pending` and goes to `terminated` instead of `running`.
+pub const INVALID_KMS_KEY_CODE: &str = "Client.InvalidKMSKey.InvalidState";
+pub const INVALID_KMS_KEY_MESSAGE: &str =
+    "Client.InvalidKMSKey.InvalidState: The KMS key provided is in an incorrect state";
 
 fn api_state(s: InstanceState) -> pb::InstanceState {
     pb::InstanceState {
@@ -121,6 +110,8 @@ struct PlannedVolume {
     /// Reuse this data encryption key (snapshot lineage); `None`: a fresh one if encrypted.
     dek: Option<String>,
     written_bytes: u64,
+    /// The volume's key cannot be used: the launch fails later (no volume is created).
+    key_problem: Option<crate::kms::KeyProblem>,
 }
 
 /// What every instance of one RunInstances gets: its EBS volumes and instance store devices.
@@ -190,14 +181,23 @@ fn plan_volume(
         }),
         true,
     )?;
-    if m.encrypted {
-        m.kms_key_id = if m.kms_key_id.is_empty() {
-            default_ebs_key(ctx.region, ctx.account_id)
-        } else {
-            kms_arn(ctx.region, ctx.account_id, &m.kms_key_id)
-        };
-    } else {
-        m.kms_key_id.clear();
+    // Encryption (§4.1, §4.2, crate::encryption): the key given, else an own encrypted
+    // snapshot's, else (a shared encrypted snapshot, `Encrypted=true`, or EBD on) the caller's
+    // default key. A key that cannot be used fails the launch later, not the call.
+    let (key, key_problem) = match crate::encryption::volume_key(
+        state,
+        ctx.region,
+        ctx.account_id,
+        ebs.encrypted,
+        &ebs.kms_key_id,
+        snap.map(Into::into),
+    ) {
+        Ok(k) => (k, None),
+        Err(p) => (None, Some(p)),
+    };
+    if key_problem.is_none() {
+        m.encrypted = key.is_some();
+        m.kms_key_id = key.unwrap_or_default();
     }
     // Same key as an encrypted snapshot: same lineage, same data key; otherwise a new one.
     let dek = snap
@@ -212,6 +212,7 @@ fn plan_volume(
         mapping: m,
         dek,
         written_bytes,
+        key_problem,
     })
 }
 
@@ -340,14 +341,6 @@ fn plan(
     })
 }
 
-/// True if `account` may launch `image` (owner, or an explicit or public launch permission).
-fn may_launch(image: &crate::state::Image, account: &str) -> bool {
-    image.owner() == account
-        || image.is_public()
-        || image
-            .launch_permissions
-            .contains(&LaunchPermission::User(account.to_string()))
-}
 
 /// Renders one reservation from `state`: its instances in launch-index order.
 fn render_reservation(state: &State, ctx: &ReadCtx<'_>, reservation_id: &str) -> pb::Reservation {
@@ -476,7 +469,7 @@ pub fn run_instances(
     let image = state
         .images
         .get(&r.image_id)
-        .filter(|i| may_launch(i, ctx.account_id))
+        .filter(|i| crate::sharing::may_launch(i, ctx.account_id, ctx.membership))
         .ok_or_else(|| Ec2Error::image_not_found(&[r.image_id.as_str()]))?;
     // 9 State. [unconfirmed] code for a disabled, pending or failed image.
     if image.state != ImageState::Available {
@@ -545,6 +538,7 @@ pub fn run_instances(
     let reg = &image.registered;
     let now = ctx.now_ms;
     let mut events = Vec::new();
+    let key_problem = plan.volumes.iter().any(|v| v.key_problem.is_some());
     for index in 0..count {
         let instance_id = ctx.new_id(Kind::Instance, state);
         let first = index == 0;
@@ -574,6 +568,20 @@ pub fn run_instances(
                 String::new()
             },
         }));
+        if key_problem {
+            // The launch fails: `pending`, then `terminated` when it would have been running,
+            // with the KMS state reason; its volumes are never created.
+            events.push(Payload::InstanceStateChanged(pb::InstanceStateChanged {
+                instance_id: instance_id.clone(),
+                state: InstanceState::Pending.as_str().into(),
+                next_state: InstanceState::Terminated.as_str().into(),
+                next_at_ms: now.saturating_add(ctx.config.instance_start_ms),
+                state_transition_reason: String::new(),
+                state_reason_code: INVALID_KMS_KEY_CODE.into(),
+                state_reason_message: INVALID_KMS_KEY_MESSAGE.into(),
+            }));
+            continue;
+        }
         for v in &plan.volumes {
             let m = &v.mapping;
             let dek = match (&v.dek, m.encrypted) {
@@ -1974,6 +1982,7 @@ mod tests {
     fn run_may_re_key_or_encrypt_volumes_with_a_new_data_key() {
         let mut h = world();
         let uuid = "33333333-3333-4333-8333-333333333333";
+        h.given([crate::testkit::kms_key("us-east-1", OWNER, uuid, &[]).0]);
         let mut r = run(AMI_ENC);
         r.block_device_mappings = vec![bdm(
             "/dev/xvda",
@@ -2005,7 +2014,7 @@ mod tests {
         assert!(v.encrypted);
         assert_eq!(
             v.kms_key_id,
-            format!("arn:aws:kms:us-east-1:{OWNER}:alias/aws/ebs")
+            crate::kms::aws_managed_key_arn("us-east-1", OWNER)
         );
         assert_eq!(v.data_encryption_key_id.len(), 36);
         assert!(!volume_at(&h, iid, "/dev/sdb").encrypted);
@@ -2165,11 +2174,7 @@ mod tests {
         let shown = render_instance(
             &h.state,
             &h.state.instances[&iid],
-            &ReadCtx {
-                region: "us-east-1",
-                account_id: OWNER,
-                now_ms: h.now_ms,
-            },
+            &ReadCtx::new("us-east-1", OWNER, h.now_ms),
         );
         assert_eq!(
             shown.state_transition_reason,

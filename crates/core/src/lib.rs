@@ -11,17 +11,24 @@
 //!
 //! Layout: one module per resource family, each owning its parse → check → events → render
 //! (`image`, `snapshot`, `volume`, `instance`, `tags`, `copy` with the domain half of the copy
-//! saga); `tick` fires timed transitions;
+//! saga, `sharing` with launch and create-volume permissions and image block public access,
+//! `accounts` with organization membership and the accounts file, `kms` with the region's KMS
+//! keys and `encryption` with the EBS encryption settings and rules); `tick` fires timed
+//! transitions;
 //! `filter` holds Describe filters and pagination shared by all; `mapping` validates block
 //! device mappings; `state` is the projection; `timing` the simulated durations and quotas.
 
+pub mod accounts;
 pub mod copy;
+pub mod encryption;
 pub mod error;
 pub mod filter;
 pub mod ids;
 pub mod image;
 pub mod instance;
+pub mod kms;
 pub mod mapping;
+pub mod sharing;
 pub mod snapshot;
 pub mod state;
 pub mod tags;
@@ -40,6 +47,7 @@ use amisim_proto::event::Payload;
 use amisim_proto::*;
 use rand::RngCore;
 
+pub use accounts::{Accounts, Membership};
 pub use error::{Ec2Error, Ec2Result, ErrorClass, ErrorCode};
 pub use state::State;
 pub use timing::Config;
@@ -54,6 +62,9 @@ pub struct Ctx<'a> {
     pub now_ms: u64,
     pub rng: &'a mut dyn RngCore,
     pub config: &'a Config,
+    /// Organization membership (org/OU launch permissions); empty unless set with
+    /// [`Ctx::with_membership`].
+    pub membership: &'a Membership,
     /// Ids handed out during this decision (so two new resources never share one).
     issued: HashSet<String>,
 }
@@ -72,8 +83,15 @@ impl<'a> Ctx<'a> {
             now_ms,
             rng,
             config,
+            membership: Membership::none(),
             issued: HashSet::new(),
         }
+    }
+
+    /// The same context with the deployment's organization membership.
+    pub fn with_membership(mut self, membership: &'a Membership) -> Self {
+        self.membership = membership;
+        self
     }
 
     /// A fresh id of `kind`, unused in `state` and in this decision.
@@ -97,6 +115,7 @@ impl<'a> Ctx<'a> {
             region: self.region,
             account_id: self.account_id,
             now_ms: self.now_ms,
+            membership: self.membership,
         }
     }
 }
@@ -107,6 +126,27 @@ pub struct ReadCtx<'a> {
     pub region: &'a str,
     pub account_id: &'a str,
     pub now_ms: u64,
+    /// Organization membership (org/OU launch permissions); [`Membership::none`] if the
+    /// deployment has no accounts file.
+    pub membership: &'a Membership,
+}
+
+impl<'a> ReadCtx<'a> {
+    /// A read of `account_id` in `region` at `now_ms`, without organization membership.
+    pub fn new(region: &'a str, account_id: &'a str, now_ms: u64) -> Self {
+        ReadCtx {
+            region,
+            account_id,
+            now_ms,
+            membership: Membership::none(),
+        }
+    }
+
+    /// The same read with the deployment's organization membership.
+    pub fn with_membership(mut self, membership: &'a Membership) -> Self {
+        self.membership = membership;
+        self
+    }
 }
 
 /// A write: the EC2 request messages themselves, plus the internal timer tick.
@@ -129,6 +169,27 @@ pub enum Command {
     TerminateInstances(TerminateInstancesRequest),
     CreateTags(CreateTagsRequest),
     DeleteTags(DeleteTagsRequest),
+    /// Sharing ([`sharing`]).
+    ModifyImageAttribute(ModifyImageAttributeRequest),
+    ResetImageAttribute(ResetImageAttributeRequest),
+    CancelImageLaunchPermission(CancelImageLaunchPermissionRequest),
+    EnableImageBlockPublicAccess(EnableImageBlockPublicAccessRequest),
+    DisableImageBlockPublicAccess(DisableImageBlockPublicAccessRequest),
+    ModifySnapshotAttribute(ModifySnapshotAttributeRequest),
+    ResetSnapshotAttribute(ResetSnapshotAttributeRequest),
+    /// EBS encryption settings ([`encryption`]).
+    EnableEbsEncryptionByDefault(EnableEbsEncryptionByDefaultRequest),
+    DisableEbsEncryptionByDefault(DisableEbsEncryptionByDefaultRequest),
+    ModifyEbsDefaultKmsKeyId(ModifyEbsDefaultKmsKeyIdRequest),
+    ResetEbsDefaultKmsKeyId(ResetEbsDefaultKmsKeyIdRequest),
+    /// KMS ([`kms`], the `Kms` service).
+    CreateKey(CreateKeyRequest),
+    CreateAlias(CreateAliasRequest),
+    EnableKey(EnableKeyRequest),
+    DisableKey(DisableKeyRequest),
+    ScheduleKeyDeletion(ScheduleKeyDeletionRequest),
+    CancelKeyDeletion(CancelKeyDeletionRequest),
+    PutKeyPolicy(PutKeyPolicyRequest),
     /// CopyImage, in the destination region (starts a copy saga, DESIGN.md §6).
     CopyImage(CopyImageRequest),
     /// CopySnapshot, in the destination region.
@@ -158,6 +219,24 @@ impl Command {
             Command::TerminateInstances(_) => "TerminateInstances",
             Command::CreateTags(_) => "CreateTags",
             Command::DeleteTags(_) => "DeleteTags",
+            Command::ModifyImageAttribute(_) => "ModifyImageAttribute",
+            Command::ResetImageAttribute(_) => "ResetImageAttribute",
+            Command::CancelImageLaunchPermission(_) => "CancelImageLaunchPermission",
+            Command::EnableImageBlockPublicAccess(_) => "EnableImageBlockPublicAccess",
+            Command::DisableImageBlockPublicAccess(_) => "DisableImageBlockPublicAccess",
+            Command::ModifySnapshotAttribute(_) => "ModifySnapshotAttribute",
+            Command::ResetSnapshotAttribute(_) => "ResetSnapshotAttribute",
+            Command::EnableEbsEncryptionByDefault(_) => "EnableEbsEncryptionByDefault",
+            Command::DisableEbsEncryptionByDefault(_) => "DisableEbsEncryptionByDefault",
+            Command::ModifyEbsDefaultKmsKeyId(_) => "ModifyEbsDefaultKmsKeyId",
+            Command::ResetEbsDefaultKmsKeyId(_) => "ResetEbsDefaultKmsKeyId",
+            Command::CreateKey(_) => "CreateKey",
+            Command::CreateAlias(_) => "CreateAlias",
+            Command::EnableKey(_) => "EnableKey",
+            Command::DisableKey(_) => "DisableKey",
+            Command::ScheduleKeyDeletion(_) => "ScheduleKeyDeletion",
+            Command::CancelKeyDeletion(_) => "CancelKeyDeletion",
+            Command::PutKeyPolicy(_) => "PutKeyPolicy",
             Command::CopyImage(_) => "CopyImage",
             Command::CopySnapshot(_) => "CopySnapshot",
             Command::Saga(s) => match s.step {
@@ -188,6 +267,24 @@ pub enum Reply {
     TerminateInstances(TerminateInstancesResponse),
     CreateTags(CreateTagsResponse),
     DeleteTags(DeleteTagsResponse),
+    ModifyImageAttribute(ModifyImageAttributeResponse),
+    ResetImageAttribute(ResetImageAttributeResponse),
+    CancelImageLaunchPermission(CancelImageLaunchPermissionResponse),
+    EnableImageBlockPublicAccess(EnableImageBlockPublicAccessResponse),
+    DisableImageBlockPublicAccess(DisableImageBlockPublicAccessResponse),
+    ModifySnapshotAttribute(ModifySnapshotAttributeResponse),
+    ResetSnapshotAttribute(ResetSnapshotAttributeResponse),
+    EnableEbsEncryptionByDefault(EnableEbsEncryptionByDefaultResponse),
+    DisableEbsEncryptionByDefault(DisableEbsEncryptionByDefaultResponse),
+    ModifyEbsDefaultKmsKeyId(ModifyEbsDefaultKmsKeyIdResponse),
+    ResetEbsDefaultKmsKeyId(ResetEbsDefaultKmsKeyIdResponse),
+    CreateKey(CreateKeyResponse),
+    CreateAlias(CreateAliasResponse),
+    EnableKey(EnableKeyResponse),
+    DisableKey(DisableKeyResponse),
+    ScheduleKeyDeletion(ScheduleKeyDeletionResponse),
+    CancelKeyDeletion(CancelKeyDeletionResponse),
+    PutKeyPolicy(PutKeyPolicyResponse),
     CopyImage(CopyImageResponse),
     CopySnapshot(CopySnapshotResponse),
     /// Boxed: the read of a copy source is large.
@@ -254,6 +351,30 @@ pub fn decide(state: &State, ctx: &mut Ctx<'_>, command: Command) -> Ec2Result<D
         Command::TerminateInstances(r) => instance::terminate_instances(state, ctx, r),
         Command::CreateTags(r) => tags::create_tags(state, ctx, r),
         Command::DeleteTags(r) => tags::delete_tags(state, ctx, r),
+        Command::ModifyImageAttribute(r) => sharing::modify_image_attribute(state, ctx, r),
+        Command::ResetImageAttribute(r) => sharing::reset_image_attribute(state, ctx, r),
+        Command::CancelImageLaunchPermission(r) => {
+            sharing::cancel_image_launch_permission(state, ctx, r)
+        }
+        Command::EnableImageBlockPublicAccess(r) => {
+            sharing::enable_image_block_public_access(state, ctx, r)
+        }
+        Command::DisableImageBlockPublicAccess(r) => {
+            sharing::disable_image_block_public_access(state, ctx, r)
+        }
+        Command::ModifySnapshotAttribute(r) => sharing::modify_snapshot_attribute(state, ctx, r),
+        Command::ResetSnapshotAttribute(r) => sharing::reset_snapshot_attribute(state, ctx, r),
+        Command::EnableEbsEncryptionByDefault(r) => encryption::enable_by_default(state, ctx, r),
+        Command::DisableEbsEncryptionByDefault(r) => encryption::disable_by_default(state, ctx, r),
+        Command::ModifyEbsDefaultKmsKeyId(r) => encryption::modify_default_key(state, ctx, r),
+        Command::ResetEbsDefaultKmsKeyId(r) => encryption::reset_default_key(state, ctx, r),
+        Command::CreateKey(r) => kms::create_key(state, ctx, r),
+        Command::CreateAlias(r) => kms::create_alias(state, ctx, r),
+        Command::EnableKey(r) => kms::enable_key(state, ctx, r),
+        Command::DisableKey(r) => kms::disable_key(state, ctx, r),
+        Command::ScheduleKeyDeletion(r) => kms::schedule_key_deletion(state, ctx, r),
+        Command::CancelKeyDeletion(r) => kms::cancel_key_deletion(state, ctx, r),
+        Command::PutKeyPolicy(r) => kms::put_key_policy(state, ctx, r),
         Command::CopyImage(r) => copy::copy_image(state, ctx, r),
         Command::CopySnapshot(r) => copy::copy_snapshot(state, ctx, r),
         Command::Saga(s) => copy::saga_step(state, ctx, s),
@@ -268,6 +389,15 @@ pub enum Query {
     DescribeSnapshots(DescribeSnapshotsRequest),
     DescribeVolumes(DescribeVolumesRequest),
     DescribeInstances(DescribeInstancesRequest),
+    GetEbsEncryptionByDefault(GetEbsEncryptionByDefaultRequest),
+    GetEbsDefaultKmsKeyId(GetEbsDefaultKmsKeyIdRequest),
+    DescribeKey(DescribeKeyRequest),
+    ListKeys(ListKeysRequest),
+    ListAliases(ListAliasesRequest),
+    GetKeyPolicy(GetKeyPolicyRequest),
+    DescribeImageAttribute(DescribeImageAttributeRequest),
+    GetImageBlockPublicAccessState(GetImageBlockPublicAccessStateRequest),
+    DescribeSnapshotAttribute(DescribeSnapshotAttributeRequest),
 }
 
 /// The answer to a read.
@@ -277,6 +407,15 @@ pub enum Answer {
     DescribeSnapshots(DescribeSnapshotsResponse),
     DescribeVolumes(DescribeVolumesResponse),
     DescribeInstances(DescribeInstancesResponse),
+    GetEbsEncryptionByDefault(GetEbsEncryptionByDefaultResponse),
+    GetEbsDefaultKmsKeyId(GetEbsDefaultKmsKeyIdResponse),
+    DescribeKey(DescribeKeyResponse),
+    ListKeys(ListKeysResponse),
+    ListAliases(ListAliasesResponse),
+    GetKeyPolicy(GetKeyPolicyResponse),
+    DescribeImageAttribute(DescribeImageAttributeResponse),
+    GetImageBlockPublicAccessState(GetImageBlockPublicAccessStateResponse),
+    DescribeSnapshotAttribute(DescribeSnapshotAttributeResponse),
 }
 
 /// Answers a read from a state snapshot.
@@ -291,6 +430,25 @@ pub fn query(state: &State, ctx: &ReadCtx<'_>, q: Query) -> Ec2Result<Answer> {
         }
         Query::DescribeInstances(r) => {
             Answer::DescribeInstances(instance::describe_instances(state, ctx, r)?)
+        }
+        Query::GetEbsEncryptionByDefault(r) => {
+            Answer::GetEbsEncryptionByDefault(encryption::get_by_default(state, ctx, r)?)
+        }
+        Query::GetEbsDefaultKmsKeyId(r) => {
+            Answer::GetEbsDefaultKmsKeyId(encryption::get_default_key(state, ctx, r)?)
+        }
+        Query::DescribeKey(r) => Answer::DescribeKey(kms::describe_key(state, ctx, r)?),
+        Query::ListKeys(r) => Answer::ListKeys(kms::list_keys(state, ctx, r)?),
+        Query::ListAliases(r) => Answer::ListAliases(kms::list_aliases(state, ctx, r)?),
+        Query::GetKeyPolicy(r) => Answer::GetKeyPolicy(kms::get_key_policy(state, ctx, r)?),
+        Query::DescribeImageAttribute(r) => {
+            Answer::DescribeImageAttribute(sharing::describe_image_attribute(state, ctx, r)?)
+        }
+        Query::GetImageBlockPublicAccessState(r) => Answer::GetImageBlockPublicAccessState(
+            sharing::get_image_block_public_access_state(state, ctx, r)?,
+        ),
+        Query::DescribeSnapshotAttribute(r) => {
+            Answer::DescribeSnapshotAttribute(sharing::describe_snapshot_attribute(state, ctx, r)?)
         }
     })
 }

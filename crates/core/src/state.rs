@@ -56,7 +56,7 @@ impl ImageState {
     }
 }
 
-/// A launch permission grant (used by the sharing issue; owner is implicit).
+/// A launch permission grant (`crate::sharing`; the owner's permission is implicit).
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize)]
 pub enum LaunchPermission {
     User(String),
@@ -224,8 +224,9 @@ pub struct Snapshot {
     pub state_message: String,
     /// Set when completed.
     pub completion_time_ms: Option<u64>,
-    /// Create-volume permissions (sharing issue).
+    /// Accounts with a create-volume permission (`crate::sharing`).
     pub create_volume_permissions: OrdSet<String>,
+    /// The group `all` has a create-volume permission.
     pub public: bool,
 }
 
@@ -363,6 +364,8 @@ pub enum Timer {
     SnapshotComplete(String),
     VolumeAvailable(String),
     InstanceTransition(String),
+    /// A KMS key pending deletion is deleted (`crate::kms`).
+    KmsKeyDeletion(String),
 }
 
 /// What an idempotency token was used for.
@@ -399,6 +402,15 @@ pub struct State {
     pub copies: OrdMap<String, crate::copy::CopyTask>,
     /// Copy sources read in this region (saga step ReadCopySource), by copy id.
     pub copy_reads: OrdMap<String, crate::copy::CopyReadRecord>,
+    /// Image block public access per account that enabled it (`crate::sharing`).
+    pub image_block_public_access: OrdMap<String, crate::sharing::BlockPublicAccess>,
+    /// KMS keys of this region, every account's, by key id (`crate::kms`; the implicit AWS
+    /// managed keys are not stored).
+    pub kms_keys: OrdMap<String, crate::kms::Key>,
+    /// KMS aliases: (account, `alias/<name>`) → alias.
+    pub kms_aliases: OrdMap<(String, String), crate::kms::Alias>,
+    /// EBS encryption settings by account (`crate::encryption`).
+    pub ebs_encryption: OrdMap<String, crate::encryption::EbsSettings>,
 }
 
 impl State {
@@ -778,6 +790,21 @@ impl State {
             | Payload::CopySourceRead(_)
             | Payload::ImageCopyStarted(_)
             | Payload::SnapshotCopyStarted(_) => crate::copy::apply(self, p),
+            Payload::LaunchPermissionChanged(_)
+            | Payload::ImageAttributeChanged(_)
+            | Payload::ImageBlockPublicAccessChanged(_)
+            | Payload::CreateVolumePermissionChanged(_) => crate::sharing::apply(self, p),
+            Payload::KmsKeyCreated(_)
+            | Payload::KmsAliasCreated(_)
+            | Payload::KmsKeyEnabled(_)
+            | Payload::KmsKeyDisabled(_)
+            | Payload::KmsKeyDeletionScheduled(_)
+            | Payload::KmsKeyDeletionCancelled(_)
+            | Payload::KmsKeyDeleted(_)
+            | Payload::KmsKeyPolicyChanged(_) => crate::kms::apply(self, p),
+            Payload::EbsEncryptionByDefaultChanged(_) | Payload::EbsDefaultKmsKeyChanged(_) => {
+                crate::encryption::apply(self, p)
+            }
             Payload::TagsCreated(e) => {
                 for id in &e.resource_ids {
                     if let Some(tags) = self.tags_mut(id) {

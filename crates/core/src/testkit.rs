@@ -22,6 +22,8 @@ pub struct Harness {
     pub now_ms: u64,
     pub rng: ChaCha8Rng,
     pub config: Config,
+    /// Organization membership the decisions and reads see (empty unless a test sets it).
+    pub membership: Membership,
 }
 
 impl Default for Harness {
@@ -44,6 +46,7 @@ impl Harness {
             now_ms: T0,
             rng: ChaCha8Rng::seed_from_u64(seed),
             config: Config::default(),
+            membership: Membership::new(),
         }
     }
 
@@ -75,7 +78,8 @@ impl Harness {
             self.now_ms,
             &mut self.rng,
             &self.config,
-        );
+        )
+        .with_membership(&self.membership);
         let d = decide(&self.state, &mut ctx, cmd)?;
         for e in d.events.clone() {
             self.append(e);
@@ -91,7 +95,8 @@ impl Harness {
             self.now_ms,
             &mut self.rng,
             &self.config,
-        );
+        )
+        .with_membership(&self.membership);
         decide(&self.state, &mut ctx, cmd)
     }
 
@@ -105,11 +110,8 @@ impl Harness {
 
     /// Reads as `account`.
     pub fn read(&self, account: &str, q: Query) -> Ec2Result<Answer> {
-        let ctx = ReadCtx {
-            region: self.region,
-            account_id: account,
-            now_ms: self.now_ms,
-        };
+        let ctx =
+            ReadCtx::new(self.region, account, self.now_ms).with_membership(&self.membership);
         query(&self.state, &ctx, q)
     }
 
@@ -122,6 +124,23 @@ impl Harness {
         assert_eq!(s, self.state);
         assert_eq!(s.digest(), self.state.digest());
     }
+}
+
+/// A `KmsKeyCreated` event: an enabled symmetric key `key_id` of `owner` in `region`, usable
+/// also by `policy` accounts. Returns its key ARN too.
+pub fn kms_key(region: &str, owner: &str, key_id: &str, policy: &[&str]) -> (Payload, String) {
+    let arn = crate::kms::key_arn(region, owner, key_id);
+    let p = Payload::KmsKeyCreated(amisim_proto::KmsKeyCreated {
+        key_id: key_id.into(),
+        owner_id: owner.into(),
+        arn: arn.clone(),
+        key_usage: crate::kms::KEY_USAGE.into(),
+        key_spec: crate::kms::KEY_SPEC.into(),
+        policy_account_ids: policy.iter().map(|a| a.to_string()).collect(),
+        creation_date_ms: T0,
+        ..Default::default()
+    });
+    (p, arn)
 }
 
 /// The error code of a result (panics with the value if it succeeded).

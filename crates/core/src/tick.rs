@@ -86,6 +86,7 @@ fn fire(state: &State, timer: &Timer, ctx: &Ctx<'_>) -> Vec<Payload> {
             }
             out
         }
+        Timer::KmsKeyDeletion(id) => crate::kms::deletion_due(state, id),
         Timer::InstanceTransition(id) => {
             let Some(inst) = state.instances.get(id) else {
                 return vec![];

@@ -64,6 +64,13 @@ pub struct Config {
     pub copy_time_based_bytes_per_s: u64,
     /// A copied image turns `available` this long after its last snapshot completes (10 s).
     pub copy_image_available_delay_ms: u64,
+    /// Public AMIs per account ([unconfirmed] `ResourceLimitExceeded`): 5.
+    pub max_public_images: usize,
+    /// Grantees per AMI: accounts, organizations and OUs, each counting once
+    /// ([unconfirmed] `ResourceLimitExceeded`): 1,000.
+    pub max_launch_permissions: usize,
+    /// EnableImageBlockPublicAccess applies after this long (EC2: up to 10 min; [sim] 0).
+    pub image_block_public_access_delay_ms: u64,
 }
 
 impl Default for Config {
@@ -97,6 +104,9 @@ impl Default for Config {
             copy_remote_bytes_per_s: 75 * MIB,
             copy_time_based_bytes_per_s: 500 * MIB,
             copy_image_available_delay_ms: 10_000,
+            max_public_images: 5,
+            max_launch_permissions: 1_000,
+            image_block_public_access_delay_ms: 0,
         }
     }
 }

@@ -70,9 +70,9 @@ pub fn check_client_token(token: &str) -> Ec2Result<()> {
     Ok(())
 }
 
-/// A KMS key reference as the key ARN EC2 reports (EC2_SEMANTICS.md §1, §2.2): an ARN stays as
-/// given, `alias/<name>` becomes the alias ARN, anything else is taken as a key id. [sim] Keys
-/// are not modelled, so nothing is looked up.
+/// A KMS key reference in ARN form (EC2_SEMANTICS.md §1): an ARN stays as given,
+/// `alias/<name>` becomes the alias ARN, anything else is taken as a key id. Nothing is looked
+/// up: `crate::kms` resolves the reference when the key is used.
 pub fn kms_key_arn(region: &str, account: &str, key: &str) -> String {
     if key.starts_with("arn:") {
         key.to_string()
@@ -83,10 +83,10 @@ pub fn kms_key_arn(region: &str, account: &str, key: &str) -> String {
     }
 }
 
-/// The account's default EBS key in `region`: the AWS managed key's alias ARN
-/// (EC2_SEMANTICS.md §5.14, [unconfirmed] format).
+/// The key ARN of the account's AWS managed EBS key in `region` (`alias/aws/ebs`; see
+/// `crate::kms`). The account's default key may be another (`crate::encryption::default_key`).
 pub fn default_ebs_key(region: &str, account: &str) -> String {
-    kms_key_arn(region, account, "alias/aws/ebs")
+    crate::kms::aws_managed_key_arn(region, account)
 }
 
 /// The smallest size of a volume type (for syntax checks before a snapshot's size is known).
@@ -274,6 +274,20 @@ pub fn create_volume(
         r.throughput,
         ErrorCode::InvalidParameterValue,
     )?;
+    // Encryption (§4.2, crate::encryption): from an encrypted snapshot always encrypted, under
+    // the key given, else the snapshot's (a shared one's: the caller's default key), else the
+    // default EBS key when asked or by default (EBD). The key is checked now: this path is
+    // synchronous (EC2_SEMANTICS.md §7, `CustomerKeyHasBeenRevoked`). The data key follows the
+    // lineage unless the volume is re-keyed.
+    let key = crate::encryption::volume_key(
+        state,
+        ctx.region,
+        ctx.account_id,
+        r.encrypted,
+        &r.kms_key_id,
+        snap.map(Into::into),
+    )
+    .map_err(crate::encryption::key_revoked)?;
     // 10. Quota.
     let owned_count = state
         .volumes
@@ -290,20 +304,9 @@ pub fn create_volume(
         ));
     }
 
-    // Encryption (§4.2): volumes from encrypted snapshots are encrypted; the key is the one
-    // given, else the snapshot's, else the default EBS key. The data key follows the lineage
-    // unless the volume is re-keyed.
+    let encrypted = key.is_some();
+    let kms_key_id = key.unwrap_or_default();
     let encrypted_snap = snap.filter(|s| s.encrypted);
-    let encrypted = encrypted_snap.is_some() || r.encrypted == Some(true);
-    let kms_key_id = if !r.kms_key_id.is_empty() {
-        kms_key_arn(ctx.region, ctx.account_id, &r.kms_key_id)
-    } else if let Some(s) = encrypted_snap {
-        s.kms_key_id.clone()
-    } else if encrypted {
-        default_ebs_key(ctx.region, ctx.account_id)
-    } else {
-        String::new()
-    };
     let data_encryption_key_id = match encrypted_snap {
         Some(s) if s.kms_key_id == kms_key_id => s.data_encryption_key_id.clone(),
         _ if encrypted => ctx.new_uuid(),
@@ -1142,6 +1145,17 @@ mod tests {
     fn create_volume_encryption_follows_the_snapshot_and_the_request() {
         let mut h = Harness::new();
         snapshot(&mut h, SNAP, OWNER, 8, true);
+        let (created, _) =
+            crate::testkit::kms_key("us-east-1", OWNER, "1234abcd-12ab-34cd-56ef-1234567890ab", &[]);
+        h.given([
+            created,
+            Payload::KmsAliasCreated(amisim_proto::KmsAliasCreated {
+                owner_id: OWNER.into(),
+                alias_name: "alias/mine".into(),
+                target_key_id: "1234abcd-12ab-34cd-56ef-1234567890ab".into(),
+                creation_date_ms: 0,
+            }),
+        ]);
         // From an encrypted snapshot: encrypted, same key, same data key (one lineage).
         let id = create(&mut h, from_snap(SNAP));
         let v = &h.state.volumes[&id];
@@ -1174,18 +1188,24 @@ mod tests {
         let v = &h.state.volumes[&id];
         assert_eq!(
             v.kms_key_id,
-            "arn:aws:kms:us-east-1:111122223333:alias/aws/ebs"
+            crate::kms::aws_managed_key_arn("us-east-1", OWNER)
         );
         assert_eq!(v.data_encryption_key_id.len(), 36);
-        // An alias is reported as its ARN.
+        // An alias is resolved: the volume reports the key's ARN.
         let mut r = req(8);
         r.encrypted = Some(true);
         r.kms_key_id = "alias/mine".into();
         let v = volume_of(h.when(OWNER, Command::CreateVolume(r)).unwrap());
         assert_eq!(
             v.kms_key_id,
-            "arn:aws:kms:us-east-1:111122223333:alias/mine"
+            "arn:aws:kms:us-east-1:111122223333:key/1234abcd-12ab-34cd-56ef-1234567890ab"
         );
+        // A key that does not exist is refused at once.
+        let mut r = req(8);
+        r.encrypted = Some(true);
+        r.kms_key_id = "alias/nothing".into();
+        let e = h.try_decide(OWNER, Command::CreateVolume(r)).unwrap_err();
+        assert_eq!(e.code, ErrorCode::CustomerKeyHasBeenRevoked);
         h.assert_replay_equals_live();
     }
 

@@ -1,5 +1,8 @@
 //! The node's configuration: one serde struct with documented defaults (STYLE.md 11).
 
+use std::sync::Arc;
+
+use amisim_core::Accounts;
 use serde::{Deserialize, Serialize};
 
 /// How a region node runs.
@@ -20,6 +23,12 @@ pub struct RegionConfig {
     /// At most this many queued commands go into one group commit (default 512). Larger batches
     /// amortize the flush better but make the first command of a batch wait for the last.
     pub max_batch: usize,
+    /// The accounts file (`--accounts FILE`), if any (default none). With it, every `Ec2` call
+    /// must authenticate with `authorization: Bearer <token>` (`x-amisim-account` is ignored),
+    /// and organization / OU launch permissions cover the accounts it places in them. Loaded
+    /// from its own file, never serialized with the rest (it holds secrets).
+    #[serde(skip)]
+    pub accounts: Option<Arc<Accounts>>,
 }
 
 impl Default for RegionConfig {
@@ -30,6 +39,7 @@ impl Default for RegionConfig {
             seed: None,
             core: amisim_core::Config::default(),
             max_batch: 512,
+            accounts: None,
         }
     }
 }

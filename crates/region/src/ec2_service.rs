@@ -4,7 +4,7 @@
 
 use std::sync::Arc;
 
-use amisim_core::{ids, Answer, Command, Ec2Error, ErrorClass, ErrorCode, Query, Reply};
+use amisim_core::{ids, Accounts, Answer, Command, Ec2Error, ErrorClass, ErrorCode, Query, Reply};
 use amisim_proto::ec2_server::Ec2;
 use amisim_proto::*;
 use tonic::metadata::{AsciiMetadataValue, MetadataMap};
@@ -13,8 +13,10 @@ use tracing::Instrument;
 
 use crate::RegionNode;
 
-/// Request metadata: the caller's 12-digit account.
+/// Request metadata: the caller's 12-digit account (without an accounts file).
 pub const ACCOUNT_KEY: &str = "x-amisim-account";
+/// Request metadata: `Bearer <token>` (with an accounts file; then the only credential).
+pub const AUTHORIZATION_KEY: &str = "authorization";
 /// Request and response metadata: the EC2 RequestId.
 pub const REQUEST_ID_KEY: &str = "x-amisim-request-id";
 /// Response metadata of writes: `<region>:<seq>` of the last event the call wrote.
@@ -70,6 +72,19 @@ pub fn account_from_metadata(md: &MetadataMap) -> Result<String, Ec2Error> {
     }
 }
 
+/// The caller's account (DESIGN.md §7): with an accounts file only from `authorization: Bearer
+/// <token>` (missing, malformed or unknown → `AuthFailure`; `x-amisim-account` is ignored),
+/// else from [`account_from_metadata`].
+pub fn authenticate(md: &MetadataMap, accounts: Option<&Accounts>) -> Result<String, Ec2Error> {
+    match accounts {
+        None => account_from_metadata(md),
+        Some(accounts) => {
+            let header = md.get(AUTHORIZATION_KEY).and_then(|v| v.to_str().ok());
+            accounts.authenticate_header(header).map(str::to_string)
+        }
+    }
+}
+
 /// The request id from `x-amisim-request-id` if it is 1 to [`MAX_REQUEST_ID_LEN`] visible ASCII
 /// characters, else a fresh UUID.
 pub fn request_id_from_metadata(md: &MetadataMap) -> String {
@@ -106,15 +121,15 @@ impl Ec2Service {
         Ec2Service { node }
     }
 
-    /// A write: account check, the writer, the reply with its request id and consistency token.
-    async fn write<Req, Resp>(
+    /// A write: authentication, the writer, the reply with its request id and consistency token.
+    pub(crate) async fn write<Req, Resp>(
         &self,
         request: Request<Req>,
         command: fn(Req) -> Command,
         pick: fn(Reply) -> Option<Resp>,
     ) -> Result<Response<Resp>, Status> {
         let request_id = request_id_from_metadata(request.metadata());
-        let account = account_from_metadata(request.metadata());
+        let account = authenticate(request.metadata(), self.node.accounts().map(|a| &**a));
         let body = request.into_inner();
         let command = command(body);
         let action = command.action();
@@ -147,8 +162,8 @@ impl Ec2Service {
         .await
     }
 
-    /// A read: account check, the published state, the answer with its request id.
-    fn read<Req, Resp>(
+    /// A read: authentication, the published state, the answer with its request id.
+    pub(crate) fn read<Req, Resp>(
         &self,
         request: Request<Req>,
         query: fn(Req) -> Query,
@@ -156,7 +171,7 @@ impl Ec2Service {
         action: &'static str,
     ) -> Result<Response<Resp>, Status> {
         let request_id = request_id_from_metadata(request.metadata());
-        let account = account_from_metadata(request.metadata());
+        let account = authenticate(request.metadata(), self.node.accounts().map(|a| &**a));
         let span = request_span(&self.node, account.as_deref().ok(), &request_id, action);
         let _entered = span.enter();
         let outcome = account.and_then(|account| {
@@ -458,6 +473,206 @@ impl Ec2 for Ec2Service {
     ) -> Result<Response<DeleteTagsResponse>, Status> {
         self.write(request, Command::DeleteTags, |r| match r {
             Reply::DeleteTags(x) => Some(x),
+            _ => None,
+        })
+        .await
+    }
+
+    // EBS encryption settings (amisim_core::encryption).
+
+    async fn enable_ebs_encryption_by_default(
+        &self,
+        request: Request<EnableEbsEncryptionByDefaultRequest>,
+    ) -> Result<Response<EnableEbsEncryptionByDefaultResponse>, Status> {
+        self.write(request, Command::EnableEbsEncryptionByDefault, |r| match r {
+            Reply::EnableEbsEncryptionByDefault(x) => Some(x),
+            _ => None,
+        })
+        .await
+    }
+
+    async fn disable_ebs_encryption_by_default(
+        &self,
+        request: Request<DisableEbsEncryptionByDefaultRequest>,
+    ) -> Result<Response<DisableEbsEncryptionByDefaultResponse>, Status> {
+        self.write(request, Command::DisableEbsEncryptionByDefault, |r| match r {
+            Reply::DisableEbsEncryptionByDefault(x) => Some(x),
+            _ => None,
+        })
+        .await
+    }
+
+    async fn get_ebs_encryption_by_default(
+        &self,
+        request: Request<GetEbsEncryptionByDefaultRequest>,
+    ) -> Result<Response<GetEbsEncryptionByDefaultResponse>, Status> {
+        self.read(
+            request,
+            Query::GetEbsEncryptionByDefault,
+            |a| match a {
+                Answer::GetEbsEncryptionByDefault(x) => Some(x),
+                _ => None,
+            },
+            "GetEbsEncryptionByDefault",
+        )
+    }
+
+    async fn get_ebs_default_kms_key_id(
+        &self,
+        request: Request<GetEbsDefaultKmsKeyIdRequest>,
+    ) -> Result<Response<GetEbsDefaultKmsKeyIdResponse>, Status> {
+        self.read(
+            request,
+            Query::GetEbsDefaultKmsKeyId,
+            |a| match a {
+                Answer::GetEbsDefaultKmsKeyId(x) => Some(x),
+                _ => None,
+            },
+            "GetEbsDefaultKmsKeyId",
+        )
+    }
+
+    async fn modify_ebs_default_kms_key_id(
+        &self,
+        request: Request<ModifyEbsDefaultKmsKeyIdRequest>,
+    ) -> Result<Response<ModifyEbsDefaultKmsKeyIdResponse>, Status> {
+        self.write(request, Command::ModifyEbsDefaultKmsKeyId, |r| match r {
+            Reply::ModifyEbsDefaultKmsKeyId(x) => Some(x),
+            _ => None,
+        })
+        .await
+    }
+
+    async fn reset_ebs_default_kms_key_id(
+        &self,
+        request: Request<ResetEbsDefaultKmsKeyIdRequest>,
+    ) -> Result<Response<ResetEbsDefaultKmsKeyIdResponse>, Status> {
+        self.write(request, Command::ResetEbsDefaultKmsKeyId, |r| match r {
+            Reply::ResetEbsDefaultKmsKeyId(x) => Some(x),
+            _ => None,
+        })
+        .await
+    }
+
+    // Sharing (amisim_core::sharing).
+
+    async fn modify_image_attribute(
+        &self,
+        request: Request<ModifyImageAttributeRequest>,
+    ) -> Result<Response<ModifyImageAttributeResponse>, Status> {
+        self.write(request, Command::ModifyImageAttribute, |r| match r {
+            Reply::ModifyImageAttribute(x) => Some(x),
+            _ => None,
+        })
+        .await
+    }
+
+    async fn describe_image_attribute(
+        &self,
+        request: Request<DescribeImageAttributeRequest>,
+    ) -> Result<Response<DescribeImageAttributeResponse>, Status> {
+        self.read(
+            request,
+            Query::DescribeImageAttribute,
+            |a| match a {
+                Answer::DescribeImageAttribute(x) => Some(x),
+                _ => None,
+            },
+            "DescribeImageAttribute",
+        )
+    }
+
+    async fn reset_image_attribute(
+        &self,
+        request: Request<ResetImageAttributeRequest>,
+    ) -> Result<Response<ResetImageAttributeResponse>, Status> {
+        self.write(request, Command::ResetImageAttribute, |r| match r {
+            Reply::ResetImageAttribute(x) => Some(x),
+            _ => None,
+        })
+        .await
+    }
+
+    async fn cancel_image_launch_permission(
+        &self,
+        request: Request<CancelImageLaunchPermissionRequest>,
+    ) -> Result<Response<CancelImageLaunchPermissionResponse>, Status> {
+        self.write(request, Command::CancelImageLaunchPermission, |r| match r {
+            Reply::CancelImageLaunchPermission(x) => Some(x),
+            _ => None,
+        })
+        .await
+    }
+
+    async fn enable_image_block_public_access(
+        &self,
+        request: Request<EnableImageBlockPublicAccessRequest>,
+    ) -> Result<Response<EnableImageBlockPublicAccessResponse>, Status> {
+        self.write(request, Command::EnableImageBlockPublicAccess, |r| match r {
+            Reply::EnableImageBlockPublicAccess(x) => Some(x),
+            _ => None,
+        })
+        .await
+    }
+
+    async fn disable_image_block_public_access(
+        &self,
+        request: Request<DisableImageBlockPublicAccessRequest>,
+    ) -> Result<Response<DisableImageBlockPublicAccessResponse>, Status> {
+        self.write(request, Command::DisableImageBlockPublicAccess, |r| match r {
+            Reply::DisableImageBlockPublicAccess(x) => Some(x),
+            _ => None,
+        })
+        .await
+    }
+
+    async fn get_image_block_public_access_state(
+        &self,
+        request: Request<GetImageBlockPublicAccessStateRequest>,
+    ) -> Result<Response<GetImageBlockPublicAccessStateResponse>, Status> {
+        self.read(
+            request,
+            Query::GetImageBlockPublicAccessState,
+            |a| match a {
+                Answer::GetImageBlockPublicAccessState(x) => Some(x),
+                _ => None,
+            },
+            "GetImageBlockPublicAccessState",
+        )
+    }
+
+    async fn modify_snapshot_attribute(
+        &self,
+        request: Request<ModifySnapshotAttributeRequest>,
+    ) -> Result<Response<ModifySnapshotAttributeResponse>, Status> {
+        self.write(request, Command::ModifySnapshotAttribute, |r| match r {
+            Reply::ModifySnapshotAttribute(x) => Some(x),
+            _ => None,
+        })
+        .await
+    }
+
+    async fn describe_snapshot_attribute(
+        &self,
+        request: Request<DescribeSnapshotAttributeRequest>,
+    ) -> Result<Response<DescribeSnapshotAttributeResponse>, Status> {
+        self.read(
+            request,
+            Query::DescribeSnapshotAttribute,
+            |a| match a {
+                Answer::DescribeSnapshotAttribute(x) => Some(x),
+                _ => None,
+            },
+            "DescribeSnapshotAttribute",
+        )
+    }
+
+    async fn reset_snapshot_attribute(
+        &self,
+        request: Request<ResetSnapshotAttributeRequest>,
+    ) -> Result<Response<ResetSnapshotAttributeResponse>, Status> {
+        self.write(request, Command::ResetSnapshotAttribute, |r| match r {
+            Reply::ResetSnapshotAttribute(x) => Some(x),
             _ => None,
         })
         .await

@@ -1,6 +1,6 @@
 //! A region node (DESIGN.md §1): owns one region's event log and in-memory state, decides every
-//! write there, fires the region's timed transitions, and serves the public `Ec2` and internal
-//! `Region` gRPC services.
+//! write there, fires the region's timed transitions, and serves the public `Ec2` and `Kms` and
+//! the internal `Region` gRPC services.
 //!
 //! # Why it is built this way
 //!
@@ -27,6 +27,7 @@
 //! - [`node`] — [`RegionNode`]: replay at start, `execute` (writes), `query` (reads), shutdown.
 //! - [`writer`] — the writer loop: batch, decide, append, publish, answer; timers.
 //! - [`ec2_service`] — the `Ec2` service, metadata conventions and [`status_from_ec2`].
+//! - [`kms_service`] — the `Kms` service (the region's KMS keys), on the same conventions.
 //! - [`region_service`] — the `Region` service (info, event stream, state digest).
 //! - [`server`] — [`serve`] on a caller-bound listener with health and reflection.
 //! - [`error`] — [`RegionError`].
@@ -36,6 +37,7 @@
 pub mod config;
 pub mod ec2_service;
 pub mod error;
+pub mod kms_service;
 pub mod node;
 pub mod region_service;
 pub mod server;
@@ -43,11 +45,12 @@ pub mod writer;
 
 pub use config::RegionConfig;
 pub use ec2_service::{
-    account_from_metadata, consistency_token, parse_consistency_token, request_id_from_metadata,
-    status_from_ec2, Ec2Service, ACCOUNT_KEY, CONSISTENCY_TOKEN_KEY, DEFAULT_ACCOUNT,
-    ERROR_CODE_KEY, REQUEST_ID_KEY,
+    account_from_metadata, authenticate, consistency_token, parse_consistency_token,
+    request_id_from_metadata, status_from_ec2, Ec2Service, ACCOUNT_KEY, AUTHORIZATION_KEY,
+    CONSISTENCY_TOKEN_KEY, DEFAULT_ACCOUNT, ERROR_CODE_KEY, REQUEST_ID_KEY,
 };
 pub use error::RegionError;
+pub use kms_service::KmsService;
 pub use node::{replay, replay_to, RegionNode};
 pub use region_service::RegionService;
 pub use server::{serve, MAX_MESSAGE_BYTES};

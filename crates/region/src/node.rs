@@ -5,7 +5,7 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::{Arc, Mutex};
 
 use amisim_chaos::{Clock, ScaledClock};
-use amisim_core::{Answer, Command, Ec2Error, Query, ReadCtx, Reply, State};
+use amisim_core::{Accounts, Answer, Command, Ec2Error, Membership, Query, ReadCtx, Reply, State};
 use amisim_log::EventLog;
 use arc_swap::ArcSwap;
 use rand::SeedableRng;
@@ -30,6 +30,10 @@ pub struct RegionNode {
     shutdown: watch::Sender<bool>,
     status: watch::Receiver<NodeStatus>,
     writer: Mutex<Option<std::thread::JoinHandle<()>>>,
+    /// The accounts file: `Some` means bearer-token authentication (see [`RegionConfig`]).
+    accounts: Option<Arc<Accounts>>,
+    /// Organization membership for reads and decisions (empty without an accounts file).
+    membership: Arc<Membership>,
 }
 
 impl std::fmt::Debug for RegionNode {
@@ -77,6 +81,12 @@ impl RegionNode {
             "region node starting (replay with this seed to reproduce ids)"
         );
         let rng = node_rng(seed, state.seq);
+        let membership = Arc::new(
+            cfg.accounts
+                .as_ref()
+                .map(|a| a.membership().clone())
+                .unwrap_or_default(),
+        );
         let published = Arc::new(ArcSwap::from_pointee(state.clone()));
         let (commands, rx) = mpsc::channel(cfg.max_batch.saturating_mul(4).max(1024));
         let (shutdown, shutdown_rx) = watch::channel(false);
@@ -84,6 +94,7 @@ impl RegionNode {
         let writer = Writer {
             region: cfg.region.clone(),
             config: cfg.core,
+            membership: membership.clone(),
             max_batch: cfg.max_batch,
             clock: clock.clone(),
             log: log.clone(),
@@ -109,6 +120,8 @@ impl RegionNode {
             shutdown,
             status,
             writer: Mutex::new(Some(handle)),
+            accounts: cfg.accounts,
+            membership,
         }))
     }
 
@@ -145,6 +158,16 @@ impl RegionNode {
     /// The node's event log.
     pub fn log(&self) -> Arc<dyn EventLog> {
         self.log.clone()
+    }
+
+    /// The accounts file the node authenticates with (`None`: `x-amisim-account` mode).
+    pub fn accounts(&self) -> Option<&Arc<Accounts>> {
+        self.accounts.as_ref()
+    }
+
+    /// Organization membership (org/OU launch permissions).
+    pub fn membership(&self) -> &Membership {
+        &self.membership
     }
 
     /// What the writer is doing now.
@@ -187,11 +210,12 @@ impl RegionNode {
     /// Answers a read from the published state, at the clock's now. Never waits for the writer.
     pub fn query(&self, account_id: &str, query: Query) -> Result<Answer, Ec2Error> {
         let state = self.published.load();
-        let ctx = ReadCtx {
-            region: &self.region,
+        let ctx = ReadCtx::new(
+            &self.region,
             account_id,
-            now_ms: self.clock.now_ms().max(state.last_sim_time_ms),
-        };
+            self.clock.now_ms().max(state.last_sim_time_ms),
+        )
+        .with_membership(&self.membership);
         catch_unwind(AssertUnwindSafe(|| amisim_core::query(&state, &ctx, query))).unwrap_or_else(
             |_| {
                 tracing::error!(region = %self.region, "the domain panicked answering a read");

@@ -15,6 +15,7 @@ use futures::{Stream, StreamExt};
 use tokio::sync::watch;
 use amisim_core::{ids, Command, Reply};
 use tonic::{Request, Response, Status};
+use tracing::Instrument;
 
 use crate::node::replay_to;
 use crate::{RegionError, RegionNode};
@@ -136,10 +137,10 @@ impl Region for RegionService {
             correlation_id = %step.correlation_id,
             request_id = %request_id,
         );
-        let _entered = span.enter();
         match self
             .node
             .execute(ids::SYSTEM_ACCOUNT, &request_id, Command::Saga(step))
+            .instrument(span)
             .await
         {
             Ok((Reply::Saga(r), _seq)) => Ok(Response::new(*r)),

@@ -1,16 +1,17 @@
-//! [`serve`]: the node's gRPC server on a listener the caller bound (STYLE.md 8): `Ec2`,
+//! [`serve`]: the node's gRPC server on a listener the caller bound (STYLE.md 8): `Ec2`, `Kms`,
 //! `Region`, gRPC health and server reflection.
 
 use std::future::Future;
 use std::sync::Arc;
 
 use amisim_proto::ec2_server::Ec2Server;
+use amisim_proto::kms_server::KmsServer;
 use amisim_proto::region_server::RegionServer;
 use tokio_stream::wrappers::TcpListenerStream;
 use tonic::transport::Server;
 use tonic_health::ServingStatus;
 
-use crate::{Ec2Service, NodeStatus, RegionError, RegionNode, RegionService};
+use crate::{Ec2Service, KmsService, NodeStatus, RegionError, RegionNode, RegionService};
 
 /// Largest request message a server decodes (4 MiB); a bigger one is refused with a status
 /// (`OUT_OF_RANGE`/`RESOURCE_EXHAUSTED` from tonic), never decoded.
@@ -18,10 +19,10 @@ pub const MAX_MESSAGE_BYTES: usize = 4 * 1024 * 1024;
 
 /// Serves `node` on `listener` until `shutdown` resolves (then lets in-flight calls finish).
 ///
-/// Health (`grpc.health.v1.Health`) reports `amisim.v1.Ec2`, `amisim.v1.Region` and the server
-/// (`""`) as SERVING, and turns `amisim.v1.Ec2` and `""` to NOT_SERVING if the node fail-stops
-/// (reads of the last durable state and the log stream keep working). Reflection (v1 and
-/// v1alpha) describes every amisim service.
+/// Health (`grpc.health.v1.Health`) reports `amisim.v1.Ec2`, `amisim.v1.Kms`, `amisim.v1.Region`
+/// and the server (`""`) as SERVING, and turns `amisim.v1.Ec2`, `amisim.v1.Kms` and `""` to
+/// NOT_SERVING if the node fail-stops (reads of the last durable state and the log stream keep
+/// working). Reflection (v1 and v1alpha) describes every amisim service.
 pub async fn serve(
     node: Arc<RegionNode>,
     listener: tokio::net::TcpListener,
@@ -29,6 +30,7 @@ pub async fn serve(
 ) -> Result<(), RegionError> {
     let (reporter, health) = tonic_health::server::health_reporter();
     reporter.set_serving::<Ec2Server<Ec2Service>>().await;
+    reporter.set_serving::<KmsServer<KmsService>>().await;
     reporter.set_serving::<RegionServer<RegionService>>().await;
     let reflection_v1 = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(amisim_proto::FILE_DESCRIPTOR_SET)
@@ -46,6 +48,7 @@ pub async fn serve(
             let failed = matches!(*status.borrow_and_update(), NodeStatus::Failed(_));
             if failed {
                 follow.set_not_serving::<Ec2Server<Ec2Service>>().await;
+                follow.set_not_serving::<KmsServer<KmsService>>().await;
                 follow
                     .set_service_status("", ServingStatus::NotServing)
                     .await;
@@ -59,6 +62,8 @@ pub async fn serve(
 
     let ec2 =
         Ec2Server::new(Ec2Service::new(node.clone())).max_decoding_message_size(MAX_MESSAGE_BYTES);
+    let kms =
+        KmsServer::new(KmsService::new(node.clone())).max_decoding_message_size(MAX_MESSAGE_BYTES);
     // Live event streams never end on their own; they must end for the graceful shutdown.
     let (closing_tx, closing) = tokio::sync::watch::channel(false);
     let shutdown = async move {
@@ -75,6 +80,7 @@ pub async fn serve(
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
         .add_service(ec2)
+        .add_service(kms)
         .add_service(region)
         .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
         .await;

@@ -59,6 +59,8 @@ pub enum NodeStatus {
 pub(crate) struct Writer {
     pub region: String,
     pub config: amisim_core::Config,
+    /// Organization membership from the accounts file (empty without one).
+    pub membership: Arc<amisim_core::Membership>,
     pub max_batch: usize,
     pub clock: Arc<dyn Clock>,
     pub log: Arc<dyn EventLog>,
@@ -326,7 +328,8 @@ impl Writer {
     ) -> Result<(Reply, Option<usize>), Ec2Error> {
         let action = command.action();
         let decision = {
-            let mut ctx = Ctx::new(&self.region, account_id, now, &mut self.rng, &self.config);
+            let mut ctx = Ctx::new(&self.region, account_id, now, &mut self.rng, &self.config)
+                .with_membership(&self.membership);
             let working_ref: &State = working;
             catch_unwind(AssertUnwindSafe(|| {
                 amisim_core::decide(working_ref, &mut ctx, command)

@@ -1,0 +1,161 @@
+//! `amisim region`: one region node as its own process, and the node setup `dev` shares.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use amisim_log::{EventLog, SledLog, SledOptions};
+use amisim_region::{RegionConfig, RegionNode};
+use anyhow::Context;
+
+use crate::shutdown::{os_signal, Shutdown};
+
+/// Run one region node: its sled log under --data, the Ec2 and Region gRPC services on --listen.
+///
+/// Prints `amisim region <name>: listening on <addr>` (the real port when --listen ends in :0).
+/// Restarting on the same --data replays the log and re-arms every pending timer.
+#[derive(Debug, clap::Args)]
+pub struct RegionArgs {
+    /// The region this node owns, e.g. us-east-1.
+    #[arg(long, env = "AMISIM_REGION_NAME", value_name = "REGION")]
+    pub name: String,
+
+    /// Directory of this region's event log (created if missing).
+    #[arg(long, env = "AMISIM_DATA", value_name = "DIR")]
+    pub data: PathBuf,
+
+    /// Address to serve gRPC on; port 0 picks a free port (printed).
+    #[arg(
+        long,
+        env = "AMISIM_LISTEN",
+        value_name = "ADDR",
+        default_value = "127.0.0.1:50052"
+    )]
+    pub listen: String,
+
+    /// Every region of the deployment, comma-separated: a CopyImage / CopySnapshot naming
+    /// another source region fails with `InvalidRegion`.
+    #[arg(
+        long,
+        env = "AMISIM_KNOWN_REGIONS",
+        value_name = "LIST",
+        value_delimiter = ',',
+        default_value = "us-east-1,eu-west-1,ap-south-1"
+    )]
+    pub known_regions: Vec<String>,
+
+    #[command(flatten)]
+    pub sim: SimArgs,
+
+    #[command(flatten)]
+    pub accounts: crate::accounts::AccountsArgs,
+}
+
+/// Simulation settings shared by `dev` and `region`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct SimArgs {
+    /// Simulated seconds per wall-clock second (60: an 8 GiB snapshot takes about a second).
+    #[arg(long, env = "AMISIM_TIME_SCALE", default_value_t = 60.0, value_name = "FACTOR",
+          value_parser = parse_time_scale)]
+    pub time_scale: f64,
+
+    /// Seed of the node's RNG (ids, jitter); printed at start so a run can be replayed.
+    /// Default: a random seed.
+    #[arg(long, env = "AMISIM_SEED", value_name = "N")]
+    pub seed: Option<u64>,
+}
+
+fn parse_time_scale(s: &str) -> Result<f64, String> {
+    let v: f64 = s.parse().map_err(|_| format!("'{s}' is not a number"))?;
+    if v.is_finite() && v > 0.0 {
+        Ok(v)
+    } else {
+        Err(format!("must be a positive number, got {s}"))
+    }
+}
+
+/// Opens (or creates) a region's log under `dir` and starts its node. `known_regions`: every
+/// region of the deployment (the sources a copy may name).
+pub fn start_node(
+    name: &str,
+    dir: &Path,
+    time_scale: f64,
+    seed: Option<u64>,
+    known_regions: &[String],
+    accounts: Option<Arc<amisim_core::Accounts>>,
+) -> anyhow::Result<Arc<RegionNode>> {
+    std::fs::create_dir_all(dir)
+        .with_context(|| format!("cannot create the data directory {}", dir.display()))?;
+    let log = SledLog::open(dir, SledOptions::default()).with_context(|| {
+        format!(
+            "cannot open the event log of {name} at {} (is another amisim using it?)",
+            dir.display()
+        )
+    })?;
+    let log: Arc<dyn EventLog> = Arc::new(log);
+    let mut cfg = RegionConfig {
+        region: name.to_string(),
+        time_scale,
+        seed,
+        accounts,
+        ..RegionConfig::default()
+    };
+    let mut known: Vec<String> = known_regions
+        .iter()
+        .map(|r| r.trim().to_string())
+        .filter(|r| !r.is_empty())
+        .collect();
+    if !known.iter().any(|r| r == name) {
+        known.push(name.to_string());
+    }
+    cfg.core.known_regions = known;
+    RegionNode::start(cfg, log).with_context(|| format!("cannot start region {name}"))
+}
+
+pub async fn run(args: RegionArgs) -> anyhow::Result<()> {
+    let listener = crate::bind(&args.listen).await?;
+    let addr = listener.local_addr()?;
+    let accounts = args.accounts.load()?;
+    let node = start_node(
+        &args.name,
+        &args.data,
+        args.sim.time_scale,
+        args.sim.seed,
+        &args.known_regions,
+        accounts.clone(),
+    )?;
+    println!(
+        "amisim region {}: {}",
+        node.region(),
+        crate::accounts::describe(accounts.as_deref())
+    );
+    println!(
+        "amisim region {}: data {}, seed {}, head seq {}, time scale {}",
+        node.region(),
+        args.data.display(),
+        node.seed(),
+        node.head_seq(),
+        args.sim.time_scale
+    );
+    println!("amisim region {}: listening on {addr}", node.region());
+
+    let shutdown = Shutdown::new();
+    let mut server = tokio::spawn(amisim_region::serve(
+        node.clone(),
+        listener,
+        shutdown.signal(),
+    ));
+    let outcome = tokio::select! {
+        sig = os_signal() => {
+            tracing::info!(signal = sig, "shutting down");
+            shutdown.trigger();
+            (&mut server).await
+        }
+        res = &mut server => res,
+    };
+    node.shutdown().await;
+    outcome
+        .context("the region server task panicked")?
+        .with_context(|| format!("region {} failed", args.name))?;
+    println!("amisim region {}: stopped", args.name);
+    Ok(())
+}

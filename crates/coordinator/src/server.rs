@@ -1,0 +1,147 @@
+//! [`run_coordinator`]: the whole coordinator on one listener — what `amisim coordinator` and
+//! `amisim dev` run.
+//!
+//! One gRPC server serves the gateway (`amisim.v1.Ec2`, routed by `x-amisim-region`), the
+//! `amisim.v1.Coordinator` service, gRPC health (`""`, `amisim.v1.Ec2`, `amisim.v1.Coordinator`)
+//! and server reflection. Beside it run one follower per region (the global projection) and the
+//! copy saga driver. On shutdown the server stops taking calls first, then the driver and the
+//! followers stop; nothing needs saving (a restart replays the logs).
+
+use std::future::Future;
+
+use amisim_chaos::LinkTable;
+use amisim_proto::coordinator_server::CoordinatorServer;
+use tonic::transport::Server;
+
+use crate::follower::{FollowerConfig, FollowerError, FollowerSet};
+use crate::gateway::{Gateway, GatewayError, RegionRoutes};
+use crate::saga::{SagaConfig, SagaDriver};
+use crate::service::CoordinatorService;
+
+/// How the coordinator runs (one serde-free struct: its parts have their own defaults).
+#[derive(Debug, Clone)]
+pub struct CoordinatorConfig {
+    /// The followers of the region logs.
+    pub followers: FollowerConfig,
+    /// The copy saga driver.
+    pub sagas: SagaConfig,
+    /// The links between regions (copy transfer times).
+    pub links: LinkTable,
+    /// Run the saga driver (default true). Without it the coordinator still reads and routes,
+    /// but copies stay `pending` until a coordinator with one runs.
+    pub drive_sagas: bool,
+    /// The accounts file (default none): the Coordinator service then authenticates every call
+    /// with `authorization: Bearer <token>` and resolves org/OU launch permissions with it. The
+    /// gateway forwards `authorization` untouched; the region nodes check it themselves.
+    pub accounts: Option<std::sync::Arc<amisim_core::Accounts>>,
+}
+
+impl Default for CoordinatorConfig {
+    fn default() -> Self {
+        CoordinatorConfig {
+            followers: FollowerConfig::default(),
+            sagas: SagaConfig::default(),
+            links: LinkTable::default(),
+            drive_sagas: true,
+            accounts: None,
+        }
+    }
+}
+
+/// Why the coordinator could not run.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    /// No route at all: nothing to coordinate.
+    #[error("no region routes: give at least one NAME=URL")]
+    NoRoutes,
+    /// The link table is invalid.
+    #[error("invalid links: {0}")]
+    Links(#[from] amisim_chaos::LinkError),
+    #[error("cannot start the followers: {0}")]
+    Followers(#[from] FollowerError),
+    #[error(transparent)]
+    Gateway(#[from] GatewayError),
+    /// The reflection service could not read the descriptor set (a build problem).
+    #[error("reflection setup failed: {0}")]
+    Reflection(#[from] tonic_reflection::server::Error),
+    /// The gRPC server failed (the listener broke, ...).
+    #[error("coordinator server failed: {0}")]
+    Serve(#[from] tonic::transport::Error),
+}
+
+/// Follows every routed region, drives the copy sagas and serves the gateway, the
+/// `Coordinator` service, health and reflection on `listener` until `shutdown` completes; then
+/// stops the driver and the followers. Needs a tokio runtime.
+pub async fn run_coordinator(
+    routes: RegionRoutes,
+    config: CoordinatorConfig,
+    listener: tokio::net::TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), ServerError> {
+    if routes.is_empty() {
+        return Err(ServerError::NoRoutes);
+    }
+    config.links.validate()?;
+    let followers = FollowerSet::follow_routes(&routes, config.followers)?;
+    let projection = followers.projection();
+    let sagas = config.drive_sagas.then(|| {
+        SagaDriver::spawn(
+            projection.clone(),
+            routes.clone(),
+            config.links,
+            config.sagas,
+        )
+    });
+    let mut service = CoordinatorService::new(projection).with_followers(followers.monitor());
+    if let Some(s) = &sagas {
+        service = service.with_sagas(s.monitor());
+    }
+    if let Some(a) = &config.accounts {
+        service = service.with_accounts(a.clone());
+    }
+
+    let (health_reporter, health) = tonic_health::server::health_reporter();
+    health_reporter
+        .set_service_status(
+            amisim_proto::ec2_server::SERVICE_NAME,
+            tonic_health::ServingStatus::Serving,
+        )
+        .await;
+    health_reporter
+        .set_serving::<CoordinatorServer<CoordinatorService>>()
+        .await;
+    let reflection_v1 = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(amisim_proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()?;
+    let reflection_v1alpha = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(amisim_proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1alpha()?;
+    let regions = routes.regions().collect::<Vec<_>>().join(",");
+    tracing::info!(
+        addr = ?listener.local_addr().ok(),
+        regions = %regions,
+        sagas = sagas.is_some(),
+        "coordinator serving (gateway, Coordinator service)"
+    );
+    let served = Server::builder()
+        .add_service(health)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha)
+        .add_service(Gateway::new(routes))
+        .add_service(service.into_server())
+        .serve_with_incoming_shutdown(
+            tokio_stream::wrappers::TcpListenerStream::new(listener),
+            shutdown,
+        )
+        .await;
+    // No new calls: stop the background work (nothing to save; a restart replays the logs).
+    if let Some(s) = sagas {
+        s.shutdown().await;
+    }
+    followers.shutdown().await;
+    tracing::info!("coordinator stopped");
+    served?;
+    Ok(())
+}

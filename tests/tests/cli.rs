@@ -1,0 +1,101 @@
+//! The binary's contract with scripts: exit codes (0 ok, 1 runtime error with a clear message,
+//! 2 usage), `--help` on every subcommand, and the errors a user meets first.
+
+use std::time::Duration;
+
+use amisim_tests::*;
+
+#[test]
+fn busy_port_is_a_runtime_error_and_bad_flags_a_usage_error() {
+    let busy = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = busy.local_addr().unwrap().to_string();
+    let data = tempfile::tempdir().unwrap();
+    let out = run_amisim([
+        "dev",
+        "--data",
+        data.path().to_str().unwrap(),
+        "--listen",
+        &addr,
+    ]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "stderr: {stderr}");
+    assert!(
+        stderr.contains(&format!("cannot listen on {addr}")),
+        "stderr: {stderr}"
+    );
+
+    let out = run_amisim(["dev", "--time-scale", "fast"]);
+    assert_eq!(out.status.code(), Some(2));
+    let out = run_amisim(["no-such-command"]);
+    assert_eq!(out.status.code(), Some(2));
+    let out = run_amisim(["coordinator", "--region", "us-east-1"]);
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for sub in ["dev", "region", "coordinator", "replay"] {
+        let out = run_amisim([sub, "--help"]);
+        assert!(out.status.success(), "{sub} --help");
+        assert!(String::from_utf8_lossy(&out.stdout).contains("Usage: amisim"));
+    }
+}
+
+#[test]
+fn a_second_node_on_the_same_log_is_refused_and_replay_needs_a_stopped_node() {
+    let data = tempfile::tempdir().unwrap();
+    let dir = data.path().join("eu-west-1");
+    let mut first = start_region("eu-west-1", &dir, &[]);
+
+    let out = run_amisim([
+        "region",
+        "--name",
+        "eu-west-1",
+        "--data",
+        dir.to_str().unwrap(),
+        "--listen",
+        "127.0.0.1:0",
+    ]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "stderr: {stderr}");
+    assert!(
+        stderr.contains("cannot open the event log of eu-west-1"),
+        "stderr: {stderr}"
+    );
+
+    let out = run_amisim(["replay", "--data", dir.to_str().unwrap()]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "stderr: {stderr}");
+    assert!(
+        stderr.contains("is a node still running on it?"),
+        "stderr: {stderr}"
+    );
+
+    let status = first.process.terminate(Duration::from_secs(20));
+    assert!(status.success(), "{}", first.process.logs());
+    let out = run_amisim([
+        "replay",
+        "--data",
+        dir.to_str().unwrap(),
+        "--format",
+        "json",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["seq"], 0);
+
+    let out = run_amisim(["replay", "--data", dir.to_str().unwrap(), "--until", "5"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "stderr: {stderr}");
+    assert!(stderr.contains("beyond the log's head"), "stderr: {stderr}");
+
+    let missing = data.path().join("no-such-region");
+    let out = run_amisim(["replay", "--data", missing.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no event log at"));
+}
