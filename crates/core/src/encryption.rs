@@ -285,10 +285,12 @@ pub fn modify_default_key(
     let events = if settings(state, ctx.account_id).default_kms_key_id == stored {
         vec![]
     } else {
-        vec![Payload::EbsDefaultKmsKeyChanged(pb::EbsDefaultKmsKeyChanged {
-            account_id: ctx.account_id.to_string(),
-            kms_key_id: stored.clone(),
-        })]
+        vec![Payload::EbsDefaultKmsKeyChanged(
+            pb::EbsDefaultKmsKeyChanged {
+                account_id: ctx.account_id.to_string(),
+                kms_key_id: stored.clone(),
+            },
+        )]
     };
     Ok(Decision::new(
         events,
@@ -313,10 +315,12 @@ pub fn reset_default_key(
     {
         vec![]
     } else {
-        vec![Payload::EbsDefaultKmsKeyChanged(pb::EbsDefaultKmsKeyChanged {
-            account_id: ctx.account_id.to_string(),
-            kms_key_id: String::new(),
-        })]
+        vec![Payload::EbsDefaultKmsKeyChanged(
+            pb::EbsDefaultKmsKeyChanged {
+                account_id: ctx.account_id.to_string(),
+                kms_key_id: String::new(),
+            },
+        )]
     };
     Ok(Decision::new(
         events,

@@ -104,8 +104,7 @@ pub struct Key {
 impl Key {
     /// True if `account` may use the key (encrypt, decrypt, describe).
     pub fn admits(&self, account: &str) -> bool {
-        self.owner_id == account
-            || (!self.aws_managed && self.policy_account_ids.contains(account))
+        self.owner_id == account || (!self.aws_managed && self.policy_account_ids.contains(account))
     }
 }
 
@@ -430,10 +429,14 @@ pub fn recorded(state: &State, region: &str, account: &str, reference: &str) -> 
     let (key_region, owner) = match r {
         KeyRef::KeyId(_) | KeyRef::AliasName(_) => (region, account),
         KeyRef::KeyArn {
-            region: r, account: a, ..
+            region: r,
+            account: a,
+            ..
         }
         | KeyRef::AliasArn {
-            region: r, account: a, ..
+            region: r,
+            account: a,
+            ..
         } => (r, a),
     };
     if key_region != region {
@@ -702,9 +705,7 @@ pub fn create_alias(
         // [unconfirmed] code (as moto) and wording.
         return Err(Ec2Error::new(
             ErrorCode::KmsNotAuthorized,
-            format!(
-                "The alias {name} is reserved: the prefix alias/aws/ is for AWS managed keys."
-            ),
+            format!("The alias {name} is reserved: the prefix alias/aws/ is for AWS managed keys."),
         ));
     }
     let target = parse_ref(&r.target_key_id)?;
@@ -873,7 +874,10 @@ fn check_policy_name(name: &str) -> Ec2Result<()> {
         Ok(())
     } else {
         // As moto; [unconfirmed] for KMS.
-        Err(Ec2Error::new(ErrorCode::KmsNotFound, "No such policy exists"))
+        Err(Ec2Error::new(
+            ErrorCode::KmsNotFound,
+            "No such policy exists",
+        ))
     }
 }
 
@@ -932,8 +936,7 @@ pub fn fail_copies_under(state: &State, key_arn: &str) -> Vec<Payload> {
         if !under {
             continue;
         }
-        for e in crate::copy::fail_copy_snapshot(&scratch, &id, crate::copy::KEY_NOT_ACCESSIBLE)
-        {
+        for e in crate::copy::fail_copy_snapshot(&scratch, &id, crate::copy::KEY_NOT_ACCESSIBLE) {
             scratch.apply_payload(&e);
             out.push(e);
         }
@@ -1222,10 +1225,9 @@ pub(crate) fn apply(state: &mut State, p: &Payload) {
                     k.state = KeyState::PendingDeletion;
                     k.deletion_date_ms = Some(e.deletion_date_ms);
                     k.pending_window_in_days = e.pending_window_in_days;
-                    state.timers.insert((
-                        e.deletion_date_ms,
-                        Timer::KmsKeyDeletion(e.key_id.clone()),
-                    ));
+                    state
+                        .timers
+                        .insert((e.deletion_date_ms, Timer::KmsKeyDeletion(e.key_id.clone())));
                 }
             }
         }

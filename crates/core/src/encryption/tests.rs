@@ -5,9 +5,7 @@
 //! or not shared, before and during a copy.
 
 use super::*;
-use crate::copy::{
-    CopyTask, INTERNAL_ERROR_CODE, INTERNAL_ERROR_MESSAGE, KEY_NOT_ACCESSIBLE,
-};
+use crate::copy::{CopyTask, INTERNAL_ERROR_CODE, INTERNAL_ERROR_MESSAGE, KEY_NOT_ACCESSIBLE};
 use crate::testkit::{code, kms_key, Harness, OTHER, OWNER, REGION, T0};
 use crate::{Answer, Command, Query};
 
@@ -54,7 +52,11 @@ fn snapshot(h: &mut Harness, owner: &str, id: &str, key: Option<&str>) {
             volume_size: 8,
             encrypted: key.is_some(),
             kms_key_id: key.unwrap_or_default().into(),
-            data_encryption_key_id: if key.is_some() { DEK.into() } else { String::new() },
+            data_encryption_key_id: if key.is_some() {
+                DEK.into()
+            } else {
+                String::new()
+            },
             start_time_ms: now - 100_000,
             complete_at_ms: now - 1,
             full_snapshot_size_in_bytes: 8 * GIB,
@@ -333,7 +335,10 @@ fn internal_error() -> Outcome {
 // -------------------------------------------------------------------------------------------
 
 fn get_ebd(h: &Harness, account: &str) -> bool {
-    match h.read(account, Query::GetEbsEncryptionByDefault(Default::default())) {
+    match h.read(
+        account,
+        Query::GetEbsEncryptionByDefault(Default::default()),
+    ) {
         Ok(Answer::GetEbsEncryptionByDefault(r)) => r.ebs_encryption_by_default,
         other => panic!("{other:?}"),
     }
@@ -351,7 +356,10 @@ fn encryption_by_default_is_per_account_and_only_logged_when_it_changes() {
     let mut h = Harness::new();
     assert!(!get_ebd(&h, OWNER));
     let d = h
-        .when(OWNER, Command::EnableEbsEncryptionByDefault(Default::default()))
+        .when(
+            OWNER,
+            Command::EnableEbsEncryptionByDefault(Default::default()),
+        )
         .unwrap();
     assert_eq!(
         d.events,
@@ -372,7 +380,10 @@ fn encryption_by_default_is_per_account_and_only_logged_when_it_changes() {
     assert!(!get_ebd(&h, OTHER));
     // Enabling again changes nothing.
     let d = h
-        .when(OWNER, Command::EnableEbsEncryptionByDefault(Default::default()))
+        .when(
+            OWNER,
+            Command::EnableEbsEncryptionByDefault(Default::default()),
+        )
         .unwrap();
     assert!(d.events.is_empty());
     // DryRun.
@@ -391,7 +402,10 @@ fn encryption_by_default_is_per_account_and_only_logged_when_it_changes() {
         ErrorCode::DryRunOperation
     );
     let d = h
-        .when(OWNER, Command::DisableEbsEncryptionByDefault(Default::default()))
+        .when(
+            OWNER,
+            Command::DisableEbsEncryptionByDefault(Default::default()),
+        )
         .unwrap();
     assert_eq!(d.events.len(), 1);
     assert!(!get_ebd(&h, OWNER));
@@ -643,7 +657,11 @@ fn volumes_of_encrypted_snapshots_are_encrypted_own_keep_the_key_shared_get_the_
     let id = create_volume(&mut h, OWNER, from_snapshot(SNAP)).volume_id;
     let v = h.state.volumes[&id].clone();
     assert_eq!(
-        (v.encrypted, v.kms_key_id.as_str(), v.data_encryption_key_id.as_str()),
+        (
+            v.encrypted,
+            v.kms_key_id.as_str(),
+            v.data_encryption_key_id.as_str()
+        ),
         (true, k1.as_str(), DEK)
     );
     // Re-keyed by the owner: a new data key.
@@ -758,7 +776,10 @@ fn run_instances_encrypts_by_default_and_a_bad_key_terminates_the_instance_later
         assert_eq!(v.kms_key_id, managed(REGION, OWNER));
     }
     // Each volume has its own data key.
-    assert_ne!(vols[0].data_encryption_key_id, vols[1].data_encryption_key_id);
+    assert_ne!(
+        vols[0].data_encryption_key_id,
+        vols[1].data_encryption_key_id
+    );
     ebd(&mut h, OWNER, false);
     // A key that does not exist: the call succeeds, the instance is pending with the KMS
     // reason, and terminates instead of running; no volume is created.
@@ -839,7 +860,12 @@ fn same_region_copy_table_unencrypted_sources() {
     );
     // Row 4: Encrypted=true with K (here by alias) → K, resolved to its key ARN.
     alias(&mut h, OWNER, "alias/mine", K1);
-    let (enc, k, _, moved) = one(&local_snapshot_copy(&mut h, OWNER, Some(true), "alias/mine"));
+    let (enc, k, _, moved) = one(&local_snapshot_copy(
+        &mut h,
+        OWNER,
+        Some(true),
+        "alias/mine",
+    ));
     assert!(enc);
     assert_eq!(k, cmk);
     assert_eq!(moved, 8 * GIB);
@@ -909,11 +935,14 @@ fn copy_image_keeps_each_snapshots_key_or_puts_all_under_k() {
     };
     assert!(snaps.iter().all(|s| s.0 && s.1 == k2));
     // The mappings of the new image point at snapshots under K.
-    let img = h
-        .state
-        .images
-        .values()
-        .find(|i| i.registered.origin == "copy" && i.registered.block_device_mappings.len() == 2 && i.registered.block_device_mappings.iter().all(|m| m.kms_key_id == k2));
+    let img = h.state.images.values().find(|i| {
+        i.registered.origin == "copy"
+            && i.registered.block_device_mappings.len() == 2
+            && i.registered
+                .block_device_mappings
+                .iter()
+                .all(|m| m.kms_key_id == k2)
+    });
     assert!(img.is_some());
     h.assert_replay_equals_live();
 }
@@ -948,13 +977,27 @@ fn cross_region_copy_table() {
     let k2 = key(&mut dst, OWNER, K2, &[]);
     set_default_key(&mut dst, OWNER, K2);
     assert_eq!(
-        one(&remote_snapshot_copy(&mut src, &mut dst, OWNER, Some(true), "")).1,
+        one(&remote_snapshot_copy(
+            &mut src,
+            &mut dst,
+            OWNER,
+            Some(true),
+            ""
+        ))
+        .1,
         k2
     );
     // Row 4: K of the destination → K.
     let k3 = key(&mut dst, OWNER, K3, &[]);
     assert_eq!(
-        one(&remote_snapshot_copy(&mut src, &mut dst, OWNER, Some(true), K3)).1,
+        one(&remote_snapshot_copy(
+            &mut src,
+            &mut dst,
+            OWNER,
+            Some(true),
+            K3
+        ))
+        .1,
         k3
     );
 
@@ -970,7 +1013,14 @@ fn cross_region_copy_table() {
     // Row 4 with an encrypted source: K.
     let k2 = key(&mut dst, OWNER, K2, &[]);
     assert_eq!(
-        one(&remote_snapshot_copy(&mut src, &mut dst, OWNER, Some(true), &k2)).1,
+        one(&remote_snapshot_copy(
+            &mut src,
+            &mut dst,
+            OWNER,
+            Some(true),
+            &k2
+        ))
+        .1,
         k2
     );
     // Row 7: shared with OTHER (key policy admits it) → OTHER's destination default key.
@@ -1157,7 +1207,9 @@ fn disabling_a_key_fails_every_copy_in_flight_under_it_at_once() {
     assert!(matches!(events[0], Payload::KmsKeyDisabled(_)));
     let failed_snaps = events
         .iter()
-        .filter(|e| matches!(e, Payload::SnapshotFailed(f) if f.state_message == KEY_NOT_ACCESSIBLE))
+        .filter(
+            |e| matches!(e, Payload::SnapshotFailed(f) if f.state_message == KEY_NOT_ACCESSIBLE),
+        )
         .count();
     let failed_images = events
         .iter()
@@ -1175,8 +1227,12 @@ fn disabling_a_key_fails_every_copy_in_flight_under_it_at_once() {
     );
     // The copy under K3 goes on; the waiting one fails when it starts.
     let fired = dst.advance(600_000);
-    assert!(fired.iter().any(|e| matches!(e, Payload::SnapshotCompleted(c) if c.snapshot_id == dest(&dst, &under_k3))));
-    assert!(!fired.iter().any(|e| matches!(e, Payload::ImageAvailable(_))));
+    assert!(fired.iter().any(
+        |e| matches!(e, Payload::SnapshotCompleted(c) if c.snapshot_id == dest(&dst, &under_k3))
+    ));
+    assert!(!fired
+        .iter()
+        .any(|e| matches!(e, Payload::ImageAvailable(_))));
     assert_eq!(
         dst.state.snapshots[&dest(&dst, &under_k2)].state,
         crate::state::SnapshotState::Error
@@ -1201,7 +1257,9 @@ fn scheduling_a_key_for_deletion_fails_copies_in_flight_and_completed_ones_stay(
     run_saga(None, &mut h, &in_flight);
     let events = schedule_deletion(&mut h, OWNER, K1);
     assert!(matches!(events[0], Payload::KmsKeyDeletionScheduled(_)));
-    assert!(matches!(&events[1..], [Payload::SnapshotFailed(f)] if f.state_message == KEY_NOT_ACCESSIBLE));
+    assert!(
+        matches!(&events[1..], [Payload::SnapshotFailed(f)] if f.state_message == KEY_NOT_ACCESSIBLE)
+    );
     let done_id = task(&h, &done).dest_id;
     assert_eq!(
         h.state.snapshots[&done_id].state,

@@ -44,7 +44,12 @@ fn create_alias(h: &mut Harness, account: &str, name: &str, target: &str) -> Ec2
     )
 }
 
-fn list_keys(h: &Harness, account: &str, limit: Option<i32>, marker: &str) -> Ec2Result<pb::ListKeysResponse> {
+fn list_keys(
+    h: &Harness,
+    account: &str,
+    limit: Option<i32>,
+    marker: &str,
+) -> Ec2Result<pb::ListKeysResponse> {
     match h.read(
         account,
         Query::ListKeys(pb::ListKeysRequest {
@@ -158,7 +163,10 @@ fn create_key_makes_an_enabled_symmetric_customer_key() {
     };
     assert_eq!(e.owner_id, OWNER);
     assert_eq!(e.key_id.len(), 36);
-    assert_eq!(e.arn, format!("arn:aws:kms:us-east-1:{OWNER}:key/{}", e.key_id));
+    assert_eq!(
+        e.arn,
+        format!("arn:aws:kms:us-east-1:{OWNER}:key/{}", e.key_id)
+    );
     let Reply::CreateKey(r) = &d.reply else {
         panic!("{:?}", d.reply)
     };
@@ -299,7 +307,11 @@ fn create_key_checks_its_parameters() {
         },
     );
     assert_eq!(
-        get_policy(&h, OWNER, &m.key_id).unwrap().policy.unwrap().account_ids,
+        get_policy(&h, OWNER, &m.key_id)
+            .unwrap()
+            .policy
+            .unwrap()
+            .account_ids,
         vec![OTHER.to_string()]
     );
 }
@@ -332,10 +344,16 @@ fn describe_key_errors_are_kmss() {
     );
     // Keys are regional: the ARN of another region is not found here.
     let elsewhere = key_arn("eu-west-1", OWNER, &mine.key_id);
-    assert_eq!(code(describe(&h, OWNER, &elsewhere)), ErrorCode::KmsNotFound);
+    assert_eq!(
+        code(describe(&h, OWNER, &elsewhere)),
+        ErrorCode::KmsNotFound
+    );
     // Another account: its bare id names the caller's (none), its ARN is denied without the
     // policy and shown with it.
-    assert_eq!(code(describe(&h, OTHER, &mine.key_id)), ErrorCode::KmsNotFound);
+    assert_eq!(
+        code(describe(&h, OTHER, &mine.key_id)),
+        ErrorCode::KmsNotFound
+    );
     let e = describe(&h, OTHER, &mine.arn).unwrap_err();
     assert_eq!(e.code, ErrorCode::KmsAccessDenied);
     assert_eq!(e.code.as_str(), "AccessDeniedException");
@@ -359,10 +377,19 @@ fn the_aws_managed_ebs_key_is_implicit_per_account_and_region_and_cannot_be_admi
     assert_ne!(aws_managed_key_id(REGION, OTHER), m.key_id);
     assert_ne!(aws_managed_key_id("eu-west-1", OWNER), m.key_id);
     assert!(is_aws_managed_key(&m.arn));
-    assert!(is_aws_managed_key("arn:aws:kms:us-east-1:111122223333:alias/aws/ebs"));
-    assert!(!is_aws_managed_key(&key_arn(REGION, OWNER, "44444444-4444-4444-8444-444444444444")));
+    assert!(is_aws_managed_key(
+        "arn:aws:kms:us-east-1:111122223333:alias/aws/ebs"
+    ));
+    assert!(!is_aws_managed_key(&key_arn(
+        REGION,
+        OWNER,
+        "44444444-4444-4444-8444-444444444444"
+    )));
     // Only its account may use it.
-    assert_eq!(code(describe(&h, OTHER, &m.arn)), ErrorCode::KmsAccessDenied);
+    assert_eq!(
+        code(describe(&h, OTHER, &m.arn)),
+        ErrorCode::KmsAccessDenied
+    );
     // No administration, no aliases of it, no `alias/aws/` aliases.
     for cmd in [
         disable(&m.key_id),
@@ -467,16 +494,28 @@ fn create_alias_checks_name_target_and_uniqueness() {
         ("alias/x", String::new(), ErrorCode::KmsValidation),
         ("mine", k.key_id.clone(), ErrorCode::KmsValidation),
         ("alias/", k.key_id.clone(), ErrorCode::KmsValidation),
-        ("alias/white space", k.key_id.clone(), ErrorCode::KmsValidation),
+        (
+            "alias/white space",
+            k.key_id.clone(),
+            ErrorCode::KmsValidation,
+        ),
         ("alias/a:b", k.key_id.clone(), ErrorCode::KmsValidation),
         ("alias/aws/x", k.key_id.clone(), ErrorCode::KmsNotAuthorized),
         // The target must be a key, not an alias.
         ("alias/x", "alias/app-1_x".into(), ErrorCode::KmsValidation),
-        ("alias/x", "44444444-4444-4444-8444-444444444444".into(), ErrorCode::KmsNotFound),
+        (
+            "alias/x",
+            "44444444-4444-4444-8444-444444444444".into(),
+            ErrorCode::KmsNotFound,
+        ),
         ("alias/x", "arn:aws:kms:x".into(), ErrorCode::KmsInvalidArn),
         // Another account's key.
         ("alias/x", theirs.arn.clone(), ErrorCode::KmsAccessDenied),
-        ("alias/app-1_x", k.key_id.clone(), ErrorCode::KmsAlreadyExists),
+        (
+            "alias/app-1_x",
+            k.key_id.clone(),
+            ErrorCode::KmsAlreadyExists,
+        ),
     ];
     for (name, target, want) in cases {
         let logged = h.log.len();
@@ -487,13 +526,26 @@ fn create_alias_checks_name_target_and_uniqueness() {
     let e = create_alias(&mut h, OWNER, "alias/app-1_x", &k.key_id).unwrap_err();
     assert_eq!(
         e.message,
-        format!("An alias with the name arn:aws:kms:us-east-1:{OWNER}:alias/app-1_x already exists")
+        format!(
+            "An alias with the name arn:aws:kms:us-east-1:{OWNER}:alias/app-1_x already exists"
+        )
     );
     assert_eq!(
-        code(create_alias(&mut h, OWNER, &format!("alias/{}", "a".repeat(251)), &k.key_id)),
+        code(create_alias(
+            &mut h,
+            OWNER,
+            &format!("alias/{}", "a".repeat(251)),
+            &k.key_id
+        )),
         ErrorCode::KmsValidation
     );
-    create_alias(&mut h, OWNER, &format!("alias/{}", "a".repeat(250)), &k.key_id).unwrap();
+    create_alias(
+        &mut h,
+        OWNER,
+        &format!("alias/{}", "a".repeat(250)),
+        &k.key_id,
+    )
+    .unwrap();
     // The same name in another account is another alias.
     create_alias(&mut h, OTHER, "alias/app-1_x", &theirs.key_id).unwrap();
     // A key pending deletion takes no new alias (a disabled one does).
@@ -525,7 +577,10 @@ fn list_aliases_shows_the_callers_and_the_aws_managed_one() {
     );
     let ebs = &all.aliases[2];
     assert_eq!(ebs.target_key_id, aws_managed_key_id(REGION, OWNER));
-    assert_eq!(ebs.alias_arn, format!("arn:aws:kms:us-east-1:{OWNER}:alias/aws/ebs"));
+    assert_eq!(
+        ebs.alias_arn,
+        format!("arn:aws:kms:us-east-1:{OWNER}:alias/aws/ebs")
+    );
     assert_eq!(all.aliases[0].target_key_id, a.key_id);
     assert_eq!(all.aliases[0].creation_date, "2024-05-01T00:00:00.000Z");
     // One key's aliases, by id or ARN.
@@ -595,13 +650,21 @@ fn enable_and_disable_change_the_state_once() {
         assert_eq!(e.code, ErrorCode::KmsNotFound);
         assert_eq!(e.message, "Invalid keyId alias/k");
     }
-    assert_eq!(refused(&mut h, OWNER, disable("")).code, ErrorCode::KmsValidation);
+    assert_eq!(
+        refused(&mut h, OWNER, disable("")).code,
+        ErrorCode::KmsValidation
+    );
     assert_eq!(
         refused(&mut h, OWNER, disable("arn:aws:kms:us-east-1")).code,
         ErrorCode::KmsInvalidArn
     );
     assert_eq!(
-        refused(&mut h, OWNER, disable("44444444-4444-4444-8444-444444444444")).code,
+        refused(
+            &mut h,
+            OWNER,
+            disable("44444444-4444-4444-8444-444444444444")
+        )
+        .code,
         ErrorCode::KmsNotFound
     );
     h.when(OWNER, put_policy(&k.key_id, &[OTHER])).unwrap();
@@ -628,7 +691,10 @@ fn schedule_key_deletion_waits_7_to_30_days_then_the_timer_deletes_the_key() {
     let mut h = Harness::new();
     let k = new_key(&mut h, OWNER);
     create_alias(&mut h, OWNER, "alias/doomed", &k.key_id).unwrap();
-    for (days, msg) in [(6, "greater than or equal to 7"), (31, "less than or equal to 30")] {
+    for (days, msg) in [
+        (6, "greater than or equal to 7"),
+        (31, "less than or equal to 30"),
+    ] {
         let e = refused(&mut h, OWNER, schedule(&k.key_id, Some(days)));
         assert_eq!(e.code, ErrorCode::KmsValidation);
         assert!(e.message.contains(msg), "{}", e.message);
@@ -639,11 +705,13 @@ fn schedule_key_deletion_waits_7_to_30_days_then_the_timer_deletes_the_key() {
     let due = T0 + 30 * DAY;
     assert_eq!(
         d.events,
-        vec![Payload::KmsKeyDeletionScheduled(pb::KmsKeyDeletionScheduled {
-            key_id: k.key_id.clone(),
-            deletion_date_ms: due,
-            pending_window_in_days: 30,
-        })]
+        vec![Payload::KmsKeyDeletionScheduled(
+            pb::KmsKeyDeletionScheduled {
+                key_id: k.key_id.clone(),
+                deletion_date_ms: due,
+                pending_window_in_days: 30,
+            }
+        )]
     );
     assert_eq!(
         d.reply,
@@ -672,7 +740,10 @@ fn schedule_key_deletion_waits_7_to_30_days_then_the_timer_deletes_the_key() {
         })
     );
     let m = describe(&h, OWNER, &k.key_id).unwrap();
-    assert_eq!((m.key_state.as_str(), m.deletion_date.as_str()), ("Disabled", ""));
+    assert_eq!(
+        (m.key_state.as_str(), m.deletion_date.as_str()),
+        ("Disabled", "")
+    );
     assert_eq!(h.state.next_due_ms(), None);
     let e = refused(&mut h, OWNER, cancel(&k.key_id));
     assert_eq!(e.code, ErrorCode::KmsInvalidState);
@@ -688,10 +759,20 @@ fn schedule_key_deletion_waits_7_to_30_days_then_the_timer_deletes_the_key() {
         })]
     );
     assert_eq!(code(describe(&h, OWNER, &k.key_id)), ErrorCode::KmsNotFound);
-    assert_eq!(code(describe(&h, OWNER, "alias/doomed")), ErrorCode::KmsNotFound);
+    assert_eq!(
+        code(describe(&h, OWNER, "alias/doomed")),
+        ErrorCode::KmsNotFound
+    );
     assert_eq!(list_keys(&h, OWNER, None, "").unwrap().keys.len(), 1);
-    assert_eq!(list_aliases(&h, OWNER, "", None, "").unwrap().aliases.len(), 1);
-    for cmd in [enable(&k.key_id), cancel(&k.key_id), schedule(&k.key_id, None)] {
+    assert_eq!(
+        list_aliases(&h, OWNER, "", None, "").unwrap().aliases.len(),
+        1
+    );
+    for cmd in [
+        enable(&k.key_id),
+        cancel(&k.key_id),
+        schedule(&k.key_id, None),
+    ] {
         assert_eq!(refused(&mut h, OWNER, cmd).code, ErrorCode::KmsNotFound);
     }
     // The alias name is free again.
@@ -720,7 +801,9 @@ fn the_key_policy_is_the_set_of_accounts_that_may_use_the_key() {
     assert_eq!(doc["Statement"].as_array().unwrap().len(), 1);
     // Put: an event with the set, sorted and without duplicates.
     let third = "777788889999";
-    let d = h.when(OWNER, put_policy(&k.arn, &[third, OTHER, third])).unwrap();
+    let d = h
+        .when(OWNER, put_policy(&k.arn, &[third, OTHER, third]))
+        .unwrap();
     assert_eq!(
         d.events,
         vec![Payload::KmsKeyPolicyChanged(pb::KmsKeyPolicyChanged {
@@ -730,7 +813,9 @@ fn the_key_policy_is_the_set_of_accounts_that_may_use_the_key() {
     );
     let p = get_policy(&h, OWNER, &k.arn).unwrap();
     assert_eq!(p.policy.unwrap().account_ids, vec![OTHER, third]);
-    assert!(p.policy_document.contains(&format!("arn:aws:iam::{OTHER}:root")));
+    assert!(p
+        .policy_document
+        .contains(&format!("arn:aws:iam::{OTHER}:root")));
     // The same set again: nothing.
     assert!(h
         .when(OWNER, put_policy(&k.key_id, &[OTHER, third]))
@@ -739,7 +824,10 @@ fn the_key_policy_is_the_set_of_accounts_that_may_use_the_key() {
         .is_empty());
     // The admitted account may describe but not administer or read the policy.
     assert!(describe(&h, OTHER, &k.arn).is_ok());
-    assert_eq!(code(get_policy(&h, OTHER, &k.arn)), ErrorCode::KmsAccessDenied);
+    assert_eq!(
+        code(get_policy(&h, OTHER, &k.arn)),
+        ErrorCode::KmsAccessDenied
+    );
     assert_eq!(
         refused(&mut h, OTHER, put_policy(&k.arn, &[])).code,
         ErrorCode::KmsAccessDenied
@@ -752,7 +840,10 @@ fn the_key_policy_is_the_set_of_accounts_that_may_use_the_key() {
             policy: Some(pb::KeyPolicy::default()),
         })
     };
-    assert_eq!(refused(&mut h, OWNER, named("other")).code, ErrorCode::KmsNotFound);
+    assert_eq!(
+        refused(&mut h, OWNER, named("other")).code,
+        ErrorCode::KmsNotFound
+    );
     assert!(h.try_decide(OWNER, named("default")).is_ok());
     assert_eq!(
         refused(
@@ -780,10 +871,16 @@ fn the_key_policy_is_the_set_of_accounts_that_may_use_the_key() {
         )),
         ErrorCode::KmsNotFound
     );
-    assert_eq!(code(get_policy(&h, OWNER, "alias/x")), ErrorCode::KmsNotFound);
+    assert_eq!(
+        code(get_policy(&h, OWNER, "alias/x")),
+        ErrorCode::KmsNotFound
+    );
     // Removing an account takes its use away.
     h.when(OWNER, put_policy(&k.key_id, &[])).unwrap();
-    assert_eq!(code(describe(&h, OTHER, &k.arn)), ErrorCode::KmsAccessDenied);
+    assert_eq!(
+        code(describe(&h, OTHER, &k.arn)),
+        ErrorCode::KmsAccessDenied
+    );
     h.assert_replay_equals_live();
 }
 
@@ -821,8 +918,14 @@ fn find_for_use_names_every_reason_a_key_cannot_be_used() {
     assert_eq!(use_(&h, OWNER, "alias/k"), Err(KeyProblem::Disabled));
     h.when(OWNER, schedule(&k.key_id, None)).unwrap();
     assert_eq!(use_(&h, OWNER, &k.arn), Err(KeyProblem::PendingDeletion));
-    assert_eq!(KeyProblem::PendingDeletion.kms_code(), ErrorCode::KmsInvalidState);
-    assert_eq!(KeyProblem::Disabled.kms_code().as_str(), "DisabledException");
+    assert_eq!(
+        KeyProblem::PendingDeletion.kms_code(),
+        ErrorCode::KmsInvalidState
+    );
+    assert_eq!(
+        KeyProblem::Disabled.kms_code().as_str(),
+        "DisabledException"
+    );
     h.advance(30 * DAY);
     assert_eq!(use_(&h, OWNER, &k.arn), Err(KeyProblem::NotFound));
     // A deleted key stays recorded (so resources under it stay unusable); an unknown one is not.
@@ -859,13 +962,19 @@ fn replaying_the_kms_log_rebuilds_the_same_keys() {
     h.when(OTHER, put_policy(&b.key_id, &[])).unwrap();
     h.when(OWNER, schedule(&a.key_id, Some(7))).unwrap();
     h.advance(8 * DAY);
-    h.when(OWNER, Command::EnableEbsEncryptionByDefault(Default::default()))
-        .unwrap();
+    h.when(
+        OWNER,
+        Command::EnableEbsEncryptionByDefault(Default::default()),
+    )
+    .unwrap();
     h.assert_replay_equals_live();
     assert_eq!(h.state.kms_keys[&a.key_id].state, KeyState::Deleted);
     assert_eq!(h.state.kms_keys[&b.key_id].state, KeyState::Disabled);
     assert_eq!(
-        h.state.kms_keys[&b.key_id].tags.get("k").map(String::as_str),
+        h.state.kms_keys[&b.key_id]
+            .tags
+            .get("k")
+            .map(String::as_str),
         Some("v")
     );
     assert!(h.state.kms_aliases.is_empty());
