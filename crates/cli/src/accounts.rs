@@ -31,8 +31,8 @@ impl AccountsArgs {
 pub fn load(path: &Path) -> anyhow::Result<Arc<Accounts>> {
     let text = std::fs::read_to_string(path)
         .with_context(|| format!("cannot read --accounts {}", path.display()))?;
-    let file: AccountsFile = toml::from_str(&text)
-        .with_context(|| format!("invalid --accounts {}", path.display()))?;
+    let file: AccountsFile =
+        toml::from_str(&text).with_context(|| format!("invalid --accounts {}", path.display()))?;
     let accounts = Accounts::from_file(file)
         .with_context(|| format!("invalid --accounts {}", path.display()))?;
     Ok(Arc::new(accounts))

@@ -1,4 +1,5 @@
-//! The gateway: one gRPC endpoint serving `amisim.v1.Ec2` for every region.
+//! The gateway: one gRPC endpoint serving `amisim.v1.Ec2` (and `amisim.v1.Kms`, [`KmsGateway`])
+//! for every region.
 //!
 //! [`Gateway`] is a tower service mounted at the `amisim.v1.Ec2` path prefix. For each call it
 //! reads `x-amisim-region` (absent: [`DEFAULT_REGION`]), looks the region up in its
@@ -209,6 +210,36 @@ impl Gateway {
     }
 }
 
+/// The same routing mounted as `amisim.v1.Kms`: KMS keys are regional (kms.proto), so a KMS call
+/// goes to the region named by `x-amisim-region` exactly as an `Ec2` call does.
+#[derive(Clone, Debug)]
+pub struct KmsGateway(Gateway);
+
+impl NamedService for KmsGateway {
+    const NAME: &'static str = amisim_proto::kms_server::SERVICE_NAME;
+}
+
+impl Gateway {
+    /// This gateway's routes, mounted as `amisim.v1.Kms`.
+    pub fn kms(&self) -> KmsGateway {
+        KmsGateway(self.clone())
+    }
+}
+
+impl Service<http::Request<Body>> for KmsGateway {
+    type Response = http::Response<Body>;
+    type Error = Infallible;
+    type Future = BoxFuture<'static, Result<Self::Response, Infallible>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        self.0.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: http::Request<Body>) -> Self::Future {
+        self.0.call(req)
+    }
+}
+
 impl Service<http::Request<Body>> for Gateway {
     type Response = http::Response<Body>;
     type Error = Infallible;
@@ -327,6 +358,12 @@ pub async fn serve_gateway(
             tonic_health::ServingStatus::Serving,
         )
         .await;
+    health_reporter
+        .set_service_status(
+            amisim_proto::kms_server::SERVICE_NAME,
+            tonic_health::ServingStatus::Serving,
+        )
+        .await;
     let reflection_v1 = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(amisim_proto::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
@@ -341,6 +378,7 @@ pub async fn serve_gateway(
         .add_service(health)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
+        .add_service(gateway.kms())
         .add_service(gateway)
         .serve_with_incoming_shutdown(
             tokio_stream::wrappers::TcpListenerStream::new(listener),

@@ -394,9 +394,14 @@ impl Coordinator for CoordinatorService {
             global_read::check_images(&account, &describe).map_err(|e| call.ec2(&e))?;
             let snap = self.prepare(&md, &body.consistency_token, &call).await?;
             tracing::debug!(regions = %regions.join(","), "describing images");
-            let (images, next_token) =
-                global_read::describe_images_with(&snap, &regions, &account, self.membership(), describe)
-                    .map_err(|e| call.ec2(&e))?;
+            let (images, next_token) = global_read::describe_images_with(
+                &snap,
+                &regions,
+                &account,
+                self.membership(),
+                describe,
+            )
+            .map_err(|e| call.ec2(&e))?;
             Ok(call.respond(DescribeGlobalImagesResponse {
                 images,
                 next_token,
@@ -428,9 +433,14 @@ impl Coordinator for CoordinatorService {
             global_read::check_snapshots(&account, &describe).map_err(|e| call.ec2(&e))?;
             let snap = self.prepare(&md, &body.consistency_token, &call).await?;
             tracing::debug!(regions = %regions.join(","), "describing snapshots");
-            let (snapshots, next_token) =
-                global_read::describe_snapshots_with(&snap, &regions, &account, self.membership(), describe)
-                    .map_err(|e| call.ec2(&e))?;
+            let (snapshots, next_token) = global_read::describe_snapshots_with(
+                &snap,
+                &regions,
+                &account,
+                self.membership(),
+                describe,
+            )
+            .map_err(|e| call.ec2(&e))?;
             Ok(call.respond(DescribeGlobalSnapshotsResponse {
                 snapshots,
                 next_token,
@@ -450,7 +460,8 @@ impl Coordinator for CoordinatorService {
         };
         let span = span("GetStateDigest", request.metadata(), &call.request_id);
         async move {
-            self.check_token(request.metadata()).map_err(|e| call.ec2(&e))?;
+            self.check_token(request.metadata())
+                .map_err(|e| call.ec2(&e))?;
             let (md, _, body) = request.into_parts();
             let regions = select_regions(&body.regions, &self.projection.snapshot(), &call)?;
             let snap = self.prepare(&md, &body.consistency_token, &call).await?;
@@ -487,7 +498,8 @@ impl Coordinator for CoordinatorService {
         let call = Call {
             request_id: request_id_from(request.metadata()),
         };
-        self.check_token(request.metadata()).map_err(|e| call.ec2(&e))?;
+        self.check_token(request.metadata())
+            .map_err(|e| call.ec2(&e))?;
         let snap = self.projection.snapshot();
         let links = self
             .followers
@@ -526,7 +538,8 @@ impl Coordinator for CoordinatorService {
             request_id: request_id_from(request.metadata()),
         };
         let span = span("ListCopies", request.metadata(), &call.request_id);
-        self.check_token(request.metadata()).map_err(|e| call.ec2(&e))?;
+        self.check_token(request.metadata())
+            .map_err(|e| call.ec2(&e))?;
         self.list_copies_impl(request, &call).instrument(span).await
     }
 

@@ -120,8 +120,7 @@ fn lower_alnum(s: &str, min: usize, max: usize) -> bool {
 
 /// `o-` + 10 to 32 lowercase letters or digits (the AWS Organizations pattern).
 pub fn is_organization_id(s: &str) -> bool {
-    s.strip_prefix("o-")
-        .is_some_and(|r| lower_alnum(r, 10, 32))
+    s.strip_prefix("o-").is_some_and(|r| lower_alnum(r, 10, 32))
 }
 
 /// `ou-` + 4 to 32 lowercase letters or digits + `-` + 8 to 32 more.
@@ -517,11 +516,17 @@ mod tests {
         let dept = ou_arn(MGMT, ORG, "ou-ab12-dept0001");
         assert!(m.in_organization("111122223333", &org));
         assert!(m.in_ou("111122223333", &team));
-        assert!(m.in_ou("111122223333", &dept), "an OU covers the OUs below it");
+        assert!(
+            m.in_ou("111122223333", &dept),
+            "an OU covers the OUs below it"
+        );
         assert!(m.in_organization("444455556666", &org));
         assert!(!m.in_ou("444455556666", &dept));
         assert!(!m.in_organization("777788889999", &org));
-        assert!(m.in_organization(MGMT, &org), "the management account is in its org");
+        assert!(
+            m.in_organization(MGMT, &org),
+            "the management account is in its org"
+        );
         assert_eq!(a.authenticate("t2"), Some("444455556666"));
         assert_eq!(a.authenticate("nope"), None);
         assert!(!format!("{a:?}").contains("t1"), "Debug never shows tokens");
@@ -529,11 +534,23 @@ mod tests {
 
     #[test]
     fn bearer_headers_authenticate_only_known_tokens() {
-        let a = Accounts::from_file(file(vec![account("111122223333", "t1", None, None)], vec![]))
-            .unwrap();
+        let a = Accounts::from_file(file(
+            vec![account("111122223333", "t1", None, None)],
+            vec![],
+        ))
+        .unwrap();
         assert_eq!(a.authenticate_header(Some("Bearer t1")), Ok("111122223333"));
-        assert_eq!(a.authenticate_header(Some("bearer  t1 ")), Ok("111122223333"));
-        for bad in [None, Some(""), Some("t1"), Some("Basic t1"), Some("Bearer t2")] {
+        assert_eq!(
+            a.authenticate_header(Some("bearer  t1 ")),
+            Ok("111122223333")
+        );
+        for bad in [
+            None,
+            Some(""),
+            Some("t1"),
+            Some("Basic t1"),
+            Some("Bearer t2"),
+        ] {
             let e = a.authenticate_header(bad).unwrap_err();
             assert_eq!(e.code, ErrorCode::AuthFailure, "{bad:?}");
         }
@@ -554,7 +571,10 @@ mod tests {
             },
         ];
         let cases: Vec<(AccountsFile, &str)> = vec![
-            (file(vec![account("123", "t", None, None)], vec![]), "12 digits"),
+            (
+                file(vec![account("123", "t", None, None)], vec![]),
+                "12 digits",
+            ),
             (
                 file(
                     vec![

@@ -648,7 +648,7 @@ pub fn copy_image(
             &r.source_image_id,
             r.encrypted,
         )
-            .map_err(Refusal::error)?;
+        .map_err(Refusal::error)?;
     }
     check_name_free(state, ctx.account_id, &r.name)?;
     // 11 Quotas.
@@ -885,14 +885,25 @@ fn read_copy_source(
     };
     match kind {
         CopyKind::Image => {
-            match check_source_image(state, &s.account_id, ctx.membership, &s.source_id, encrypted)
-            {
+            match check_source_image(
+                state,
+                &s.account_id,
+                ctx.membership,
+                &s.source_id,
+                encrypted,
+            ) {
                 Err(r) => fail(&mut read, r.reason_code(), r.message),
-                Ok((_, snaps)) if snaps.iter().any(|x| key_inaccessible(state, ctx.region, x, &s.account_id)) => fail(
-                    &mut read,
-                    INTERNAL_ERROR_CODE.into(),
-                    INTERNAL_ERROR_MESSAGE.into(),
-                ),
+                Ok((_, snaps))
+                    if snaps
+                        .iter()
+                        .any(|x| key_inaccessible(state, ctx.region, x, &s.account_id)) =>
+                {
+                    fail(
+                        &mut read,
+                        INTERNAL_ERROR_CODE.into(),
+                        INTERNAL_ERROR_MESSAGE.into(),
+                    )
+                }
                 Ok((img, snaps)) => {
                     let d = &img.registered;
                     read.ok = true;
@@ -1955,10 +1966,7 @@ mod tests {
         // Then: own encrypted source from another region, no key → the destination's default
         // key [unconfirmed], a new data key, a full transfer.
         assert!(sc.encrypted);
-        assert_eq!(
-            sc.kms_key_id,
-            crate::kms::aws_managed_key_arn(DST, OWNER)
-        );
+        assert_eq!(sc.kms_key_id, crate::kms::aws_managed_key_arn(DST, OWNER));
         assert_ne!(sc.data_encryption_key_id, DEK);
         assert_eq!(sc.data_encryption_key_id.len(), 36);
         assert_eq!(sc.transferred_bytes, to_i64(gib(8)));
@@ -2649,10 +2657,7 @@ mod tests {
             panic!("{:?}", st.events)
         };
         assert!(e.encrypted);
-        assert_eq!(
-            e.kms_key_id,
-            crate::kms::aws_managed_key_arn(REGION, OWNER)
-        );
+        assert_eq!(e.kms_key_id, crate::kms::aws_managed_key_arn(REGION, OWNER));
         assert_eq!(e.complete_at_ms, h.now_ms + 84_613);
         assert_eq!(e.transfer_type, "standard");
         let s = snapshot(&h, OWNER, &resp.snapshot_id);

@@ -324,17 +324,26 @@ mod tests {
     fn kms_codes_are_kmss_own() {
         assert_eq!(ErrorCode::KmsNotFound.as_str(), "NotFoundException");
         assert_eq!(ErrorCode::KmsNotFound.class(), ErrorClass::NotFound);
-        assert_eq!(ErrorCode::KmsInvalidState.as_str(), "KMSInvalidStateException");
+        assert_eq!(
+            ErrorCode::KmsInvalidState.as_str(),
+            "KMSInvalidStateException"
+        );
         assert_eq!(
             ErrorCode::KmsDisabled.class(),
             ErrorClass::FailedPrecondition
         );
-        assert_eq!(ErrorCode::KmsValidation.class(), ErrorClass::InvalidArgument);
+        assert_eq!(
+            ErrorCode::KmsValidation.class(),
+            ErrorClass::InvalidArgument
+        );
         assert_eq!(
             ErrorCode::KmsAccessDenied.class(),
             ErrorClass::PermissionDenied
         );
-        assert_eq!(ErrorCode::KmsAlreadyExists.class(), ErrorClass::AlreadyExists);
+        assert_eq!(
+            ErrorCode::KmsAlreadyExists.class(),
+            ErrorClass::AlreadyExists
+        );
         assert_eq!(ErrorCode::KmsInvalidState.http_status(), 400);
     }
 }

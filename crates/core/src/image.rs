@@ -995,9 +995,7 @@ fn owner_matches(img: &Image, o: &str, caller: &str) -> bool {
 fn executable_by(img: &Image, u: &str, caller: &str, membership: &crate::Membership) -> bool {
     match u {
         "all" => img.is_public(),
-        id if id == "self" || id == caller => {
-            crate::sharing::shared_with(img, caller, membership)
-        }
+        id if id == "self" || id == caller => crate::sharing::shared_with(img, caller, membership),
         id => img
             .launch_permissions
             .contains(&LaunchPermission::User(id.to_string())),

@@ -19,8 +19,7 @@ use crate::error::{Ec2Error, Ec2Result, ErrorCode};
 use crate::ids::{self, Kind};
 use crate::mapping::{self, Parsed};
 use crate::state::{
-    tag_records, tri_encode, ImageState, Instance, InstanceState, Mapping, State,
-    Tags, VolumeState,
+    tag_records, tri_encode, ImageState, Instance, InstanceState, Mapping, State, Tags, VolumeState,
 };
 use crate::time::{gmt, iso};
 use crate::timing::gib;
@@ -340,7 +339,6 @@ fn plan(
         instance_store,
     })
 }
-
 
 /// Renders one reservation from `state`: its instances in launch-index order.
 fn render_reservation(state: &State, ctx: &ReadCtx<'_>, reservation_id: &str) -> pb::Reservation {

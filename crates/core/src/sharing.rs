@@ -103,11 +103,12 @@ pub fn shared_with(img: &Image, account: &str, membership: &Membership) -> bool 
         .any(|p| *p != LaunchPermission::All && covers(p, account, membership))
 }
 
-/// True if a snapshot's key is an AWS managed key (`alias/aws/ebs`, by alias or alias ARN — how
-/// amisim names the default EBS key, see [`crate::volume::default_ebs_key`]). Snapshots under it
-/// cannot be shared with anyone (EC2_SEMANTICS.md §4.2).
+/// True if a snapshot's key is an AWS managed EBS key: the account's AWS managed key ARN (see
+/// [`crate::kms::aws_managed_key_arn`], what [`crate::volume::default_ebs_key`] gives), or
+/// `alias/aws/ebs` by alias or alias ARN. Snapshots under it cannot be shared with anyone
+/// (EC2_SEMANTICS.md §4.2).
 pub fn is_aws_managed_key(kms_key_id: &str) -> bool {
-    kms_key_id == "alias/aws/ebs" || kms_key_id.ends_with(":alias/aws/ebs")
+    kms_key_id == crate::kms::AWS_EBS_ALIAS || crate::kms::is_aws_managed_key(kms_key_id)
 }
 
 /// True if the snapshot is encrypted under an AWS managed key.
@@ -197,7 +198,12 @@ fn check_operation_type(op: &str) -> Ec2Result<bool> {
 }
 
 /// The image `account` may see (else `InvalidAMIID.NotFound`) and owns (else `AuthFailure`).
-fn owned_image<'s>(state: &'s State, ctx_account: &str, m: &Membership, id: &str) -> Ec2Result<&'s Image> {
+fn owned_image<'s>(
+    state: &'s State,
+    ctx_account: &str,
+    m: &Membership,
+    id: &str,
+) -> Ec2Result<&'s Image> {
     let img = state
         .images
         .get(id)
@@ -241,10 +247,7 @@ enum ImageChange {
 /// (§5.10 step 4), so it is kept raw beside the kind.
 fn parse_item(item: &pb::LaunchPermission) -> Ec2Result<(LaunchPermission, String)> {
     let set: Vec<(LaunchPermission, &String)> = [
-        (
-            LaunchPermission::User(item.user_id.clone()),
-            &item.user_id,
-        ),
+        (LaunchPermission::User(item.user_id.clone()), &item.user_id),
         (LaunchPermission::All, &item.group),
         (
             LaunchPermission::Organization(item.organization_arn.clone()),
@@ -275,7 +278,9 @@ fn check_item_value(p: &LaunchPermission, raw: &str) -> Ec2Result<()> {
         LaunchPermission::User(u) => (ids::is_account_id(u), "userId"),
         LaunchPermission::All => (raw == GROUP_ALL, "group"),
         LaunchPermission::Organization(a) => (accounts::is_organization_arn(a), "organizationArn"),
-        LaunchPermission::OrganizationalUnit(a) => (accounts::is_ou_arn(a), "organizationalUnitArn"),
+        LaunchPermission::OrganizationalUnit(a) => {
+            (accounts::is_ou_arn(a), "organizationalUnitArn")
+        }
     };
     if ok {
         Ok(())
@@ -293,7 +298,10 @@ fn parse_image_change(r: &pb::ModifyImageAttributeRequest) -> Ec2Result<ImageCha
         || !r.user_groups.is_empty()
         || !r.organization_arns.is_empty()
         || !r.organizational_unit_arns.is_empty();
-    let flat = !r.attribute.is_empty() || flat_items || !r.operation_type.is_empty() || !r.value.is_empty();
+    let flat = !r.attribute.is_empty()
+        || flat_items
+        || !r.operation_type.is_empty()
+        || !r.value.is_empty();
     let forms = [
         r.launch_permission.is_some(),
         r.description.is_some(),
@@ -327,8 +335,16 @@ fn parse_image_change(r: &pb::ModifyImageAttributeRequest) -> Ec2Result<ImageCha
         return Err(product_codes());
     }
     if let Some(lp) = &r.launch_permission {
-        let add = lp.add.iter().map(parse_item).collect::<Ec2Result<Vec<_>>>()?;
-        let remove = lp.remove.iter().map(parse_item).collect::<Ec2Result<Vec<_>>>()?;
+        let add = lp
+            .add
+            .iter()
+            .map(parse_item)
+            .collect::<Ec2Result<Vec<_>>>()?;
+        let remove = lp
+            .remove
+            .iter()
+            .map(parse_item)
+            .collect::<Ec2Result<Vec<_>>>()?;
         return Ok(ImageChange::LaunchPermission { add, remove });
     }
     if let Some(d) = &r.description {
@@ -357,7 +373,11 @@ fn parse_image_change(r: &pb::ModifyImageAttributeRequest) -> Ec2Result<ImageCha
                     .iter()
                     .map(|u| (LaunchPermission::User(u.clone()), u.clone())),
             );
-            items.extend(r.user_groups.iter().map(|g| (LaunchPermission::All, g.clone())));
+            items.extend(
+                r.user_groups
+                    .iter()
+                    .map(|g| (LaunchPermission::All, g.clone())),
+            );
             items.extend(
                 r.organization_arns
                     .iter()

@@ -110,8 +110,7 @@ impl Harness {
 
     /// Reads as `account`.
     pub fn read(&self, account: &str, q: Query) -> Ec2Result<Answer> {
-        let ctx =
-            ReadCtx::new(self.region, account, self.now_ms).with_membership(&self.membership);
+        let ctx = ReadCtx::new(self.region, account, self.now_ms).with_membership(&self.membership);
         query(&self.state, &ctx, q)
     }
 

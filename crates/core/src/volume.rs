@@ -1145,8 +1145,12 @@ mod tests {
     fn create_volume_encryption_follows_the_snapshot_and_the_request() {
         let mut h = Harness::new();
         snapshot(&mut h, SNAP, OWNER, 8, true);
-        let (created, _) =
-            crate::testkit::kms_key("us-east-1", OWNER, "1234abcd-12ab-34cd-56ef-1234567890ab", &[]);
+        let (created, _) = crate::testkit::kms_key(
+            "us-east-1",
+            OWNER,
+            "1234abcd-12ab-34cd-56ef-1234567890ab",
+            &[],
+        );
         h.given([
             created,
             Payload::KmsAliasCreated(amisim_proto::KmsAliasCreated {

@@ -484,10 +484,14 @@ impl Ec2 for Ec2Service {
         &self,
         request: Request<EnableEbsEncryptionByDefaultRequest>,
     ) -> Result<Response<EnableEbsEncryptionByDefaultResponse>, Status> {
-        self.write(request, Command::EnableEbsEncryptionByDefault, |r| match r {
-            Reply::EnableEbsEncryptionByDefault(x) => Some(x),
-            _ => None,
-        })
+        self.write(
+            request,
+            Command::EnableEbsEncryptionByDefault,
+            |r| match r {
+                Reply::EnableEbsEncryptionByDefault(x) => Some(x),
+                _ => None,
+            },
+        )
         .await
     }
 
@@ -495,10 +499,14 @@ impl Ec2 for Ec2Service {
         &self,
         request: Request<DisableEbsEncryptionByDefaultRequest>,
     ) -> Result<Response<DisableEbsEncryptionByDefaultResponse>, Status> {
-        self.write(request, Command::DisableEbsEncryptionByDefault, |r| match r {
-            Reply::DisableEbsEncryptionByDefault(x) => Some(x),
-            _ => None,
-        })
+        self.write(
+            request,
+            Command::DisableEbsEncryptionByDefault,
+            |r| match r {
+                Reply::DisableEbsEncryptionByDefault(x) => Some(x),
+                _ => None,
+            },
+        )
         .await
     }
 
@@ -608,10 +616,14 @@ impl Ec2 for Ec2Service {
         &self,
         request: Request<EnableImageBlockPublicAccessRequest>,
     ) -> Result<Response<EnableImageBlockPublicAccessResponse>, Status> {
-        self.write(request, Command::EnableImageBlockPublicAccess, |r| match r {
-            Reply::EnableImageBlockPublicAccess(x) => Some(x),
-            _ => None,
-        })
+        self.write(
+            request,
+            Command::EnableImageBlockPublicAccess,
+            |r| match r {
+                Reply::EnableImageBlockPublicAccess(x) => Some(x),
+                _ => None,
+            },
+        )
         .await
     }
 
@@ -619,10 +631,14 @@ impl Ec2 for Ec2Service {
         &self,
         request: Request<DisableImageBlockPublicAccessRequest>,
     ) -> Result<Response<DisableImageBlockPublicAccessResponse>, Status> {
-        self.write(request, Command::DisableImageBlockPublicAccess, |r| match r {
-            Reply::DisableImageBlockPublicAccess(x) => Some(x),
-            _ => None,
-        })
+        self.write(
+            request,
+            Command::DisableImageBlockPublicAccess,
+            |r| match r {
+                Reply::DisableImageBlockPublicAccess(x) => Some(x),
+                _ => None,
+            },
+        )
         .await
     }
 

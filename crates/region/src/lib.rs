@@ -23,6 +23,8 @@
 //!
 //! # Layout
 //!
+//! - [`audit`] — the `Audit` service: log verification, signed digests, filtered streams,
+//!   point-in-time reads.
 //! - [`config`] — [`RegionConfig`].
 //! - [`node`] — [`RegionNode`]: replay at start, `execute` (writes), `query` (reads), shutdown.
 //! - [`writer`] — the writer loop: batch, decide, append, publish, answer; timers.
@@ -34,6 +36,7 @@
 //!
 //! [`EventLog::append`]: amisim_log::EventLog::append
 
+pub mod audit;
 pub mod config;
 pub mod ec2_service;
 pub mod error;

@@ -2,7 +2,7 @@
 
 use std::collections::HashSet;
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use amisim_chaos::{Clock, ScaledClock};
 use amisim_core::{Accounts, Answer, Command, Ec2Error, Membership, Query, ReadCtx, Reply, State};
@@ -34,6 +34,8 @@ pub struct RegionNode {
     accounts: Option<Arc<Accounts>>,
     /// Organization membership for reads and decisions (empty without an accounts file).
     membership: Arc<Membership>,
+    /// The audit trail (signed digests, as-of checkpoints); see [`RegionNode::attach_audit`].
+    audit: OnceLock<Arc<crate::audit::AuditTrail>>,
 }
 
 impl std::fmt::Debug for RegionNode {
@@ -122,6 +124,7 @@ impl RegionNode {
             writer: Mutex::new(Some(handle)),
             accounts: cfg.accounts,
             membership,
+            audit: OnceLock::new(),
         }))
     }
 
@@ -168,6 +171,20 @@ impl RegionNode {
     /// Organization membership (org/OU launch permissions).
     pub fn membership(&self) -> &Membership {
         &self.membership
+    }
+
+    /// Attaches the node's audit trail (at most once, before serving; e.g. the one
+    /// [`crate::audit::open_signed`] made with the log the node runs on). Returns false if the
+    /// node already has one.
+    pub fn attach_audit(&self, trail: Arc<crate::audit::AuditTrail>) -> bool {
+        self.audit.set(trail).is_ok()
+    }
+
+    /// The node's audit trail (an unsigned one if none was attached).
+    pub fn audit(&self) -> Arc<crate::audit::AuditTrail> {
+        self.audit
+            .get_or_init(|| Arc::new(crate::audit::AuditTrail::new()))
+            .clone()
     }
 
     /// What the writer is doing now.
@@ -236,6 +253,14 @@ impl RegionNode {
         if let Some(handle) = handle {
             // The thread has reported its end; joining only reaps it.
             let _ = tokio::task::spawn_blocking(move || handle.join()).await;
+        }
+        // A clean stop signs the final head, so a tail cut off later is detected.
+        if let Some(signer) = self.audit.get().and_then(|a| a.signer().cloned()) {
+            let log = self.log.clone();
+            let sealed = tokio::task::spawn_blocking(move || signer.seal(log.as_ref())).await;
+            if let Ok(Err(e)) = sealed {
+                tracing::error!(region = %self.region, error = %e, "cannot sign the final audit digest");
+            }
         }
     }
 

@@ -48,7 +48,7 @@ impl RegionService {
 pub type EventStream = Pin<Box<dyn Stream<Item = Result<Event, Status>> + Send + 'static>>;
 
 /// `stream` until `closing` turns true, then one UNAVAILABLE item and the end.
-fn until_closing(
+pub(crate) fn until_closing(
     stream: impl Stream<Item = Result<Event, Status>> + Send + 'static,
     mut closing: watch::Receiver<bool>,
 ) -> EventStream {

@@ -1,9 +1,10 @@
 //! [`serve`]: the node's gRPC server on a listener the caller bound (STYLE.md 8): `Ec2`, `Kms`,
-//! `Region`, gRPC health and server reflection.
+//! `Region`, `Audit`, gRPC health and server reflection.
 
 use std::future::Future;
 use std::sync::Arc;
 
+use amisim_proto::audit_server::AuditServer;
 use amisim_proto::ec2_server::Ec2Server;
 use amisim_proto::kms_server::KmsServer;
 use amisim_proto::region_server::RegionServer;
@@ -32,6 +33,9 @@ pub async fn serve(
     reporter.set_serving::<Ec2Server<Ec2Service>>().await;
     reporter.set_serving::<KmsServer<KmsService>>().await;
     reporter.set_serving::<RegionServer<RegionService>>().await;
+    reporter
+        .set_serving::<AuditServer<crate::audit::AuditService>>()
+        .await;
     let reflection_v1 = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(amisim_proto::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
@@ -70,6 +74,10 @@ pub async fn serve(
         shutdown.await;
         closing_tx.send_replace(true);
     };
+    let audit = AuditServer::new(
+        crate::audit::AuditService::new(node.clone()).with_closing(closing.clone()),
+    )
+    .max_decoding_message_size(MAX_MESSAGE_BYTES);
     let region = RegionServer::new(RegionService::new(node.clone()).with_closing(closing))
         .max_decoding_message_size(MAX_MESSAGE_BYTES);
     let addr = listener.local_addr().ok();
@@ -82,6 +90,7 @@ pub async fn serve(
         .add_service(ec2)
         .add_service(kms)
         .add_service(region)
+        .add_service(audit)
         .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
         .await;
     health_task.abort();

@@ -2,7 +2,8 @@
 
 Uses only stubs generated from proto/amisim/v1/*.proto (see run.sh) and the metadata keys the
 proto files document: x-amisim-region, x-amisim-account, x-amisim-error-code,
-x-amisim-consistency-token, x-amisim-request-id.
+x-amisim-consistency-token, x-amisim-request-id; and, against a `dev` started with
+`--accounts FILE`, authorization (`Bearer <token>`).
 """
 
 import os
@@ -56,12 +57,12 @@ def wait_for(what, check, timeout=30.0):
 class Dev:
     """`amisim dev` on a temporary data dir and a free port; stopped with SIGTERM."""
 
-    def __init__(self):
+    def __init__(self, extra_args=()):
         self.data = tempfile.TemporaryDirectory(prefix="amisim-py-")
         env = dict(os.environ, RUST_LOG=os.environ.get("RUST_LOG", "warn"))
         self.proc = subprocess.Popen(
             [AMISIM_BIN, "dev", "--data", self.data.name, "--listen", "127.0.0.1:0",
-             "--time-scale", "600"],
+             "--time-scale", "600", *extra_args],
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
         )
         self.lines = queue.Queue()
@@ -124,25 +125,26 @@ def stub(dev):
     channel.close()
 
 
-def register_image(stub, name):
+def register_image(stub, name, meta=None):
     """CreateVolume -> available -> CreateSnapshot -> completed -> RegisterImage."""
+    meta = meta or md()
     volume = stub.CreateVolume(
         ec2.CreateVolumeRequest(availability_zone=REGION + "a", size=8, volume_type="gp3"),
-        metadata=md(),
+        metadata=meta,
     )
     assert volume.volume_id.startswith("vol-")
     wait_for("volume available", lambda: stub.DescribeVolumes(
-        ec2.DescribeVolumesRequest(volume_ids=[volume.volume_id]), metadata=md()
+        ec2.DescribeVolumesRequest(volume_ids=[volume.volume_id]), metadata=meta
     ).volumes[0].state == "available")
 
     snapshot = stub.CreateSnapshot(
         ec2.CreateSnapshotRequest(volume_id=volume.volume_id, description="root of " + name),
-        metadata=md(),
+        metadata=meta,
     )
     assert snapshot.snapshot_id.startswith("snap-")
     assert snapshot.state == "pending"
     wait_for("snapshot completed", lambda: stub.DescribeSnapshots(
-        ec2.DescribeSnapshotsRequest(snapshot_ids=[snapshot.snapshot_id]), metadata=md()
+        ec2.DescribeSnapshotsRequest(snapshot_ids=[snapshot.snapshot_id]), metadata=meta
     ).snapshots[0].state == "completed")
 
     response, call = stub.RegisterImage.with_call(
@@ -156,16 +158,16 @@ def register_image(stub, name):
                 ebs=ec2.EbsBlockDevice(snapshot_id=snapshot.snapshot_id, volume_type="gp3"),
             )],
         ),
-        metadata=md(),
+        metadata=meta,
     )
     token = dict(call.initial_metadata()).get("x-amisim-consistency-token", "")
     assert token.startswith(REGION + ":"), token
     return response.image_id, snapshot.snapshot_id
 
 
-def describe_image(stub, image_id):
+def describe_image(stub, image_id, meta=None):
     return stub.DescribeImages(
-        ec2.DescribeImagesRequest(image_ids=[image_id]), metadata=md()
+        ec2.DescribeImagesRequest(image_ids=[image_id]), metadata=meta or md()
     ).images[0]
 
 
@@ -235,3 +237,107 @@ def test_health_service_answers_serving(dev):
             response_deserializer=lambda b: b,
         )
         assert check(b"", timeout=10) == b"\x08\x01"
+
+
+GRANTEE = "444455556666"
+
+
+def test_share_an_image_and_launch_it_as_the_grantee(stub):
+    owner, grantee = md(), md(account=GRANTEE)
+    image_id, snapshot_id = register_image(stub, "python shared image")
+    wait_for("image available", lambda: describe_image(stub, image_id).state == "available")
+
+    # Not shared yet: the grantee neither sees nor launches it.
+    with pytest.raises(grpc.RpcError) as err:
+        stub.RunInstances(ec2.RunInstancesRequest(image_id=image_id, min_count=1, max_count=1),
+                          metadata=grantee)
+    assert error_code(err.value) == "InvalidAMIID.NotFound"
+
+    stub.ModifyImageAttribute(ec2.ModifyImageAttributeRequest(
+        image_id=image_id,
+        launch_permission=ec2.LaunchPermissionModifications(
+            add=[ec2.LaunchPermission(user_id=GRANTEE)]),
+    ), metadata=owner)
+    attr = stub.DescribeImageAttribute(ec2.DescribeImageAttributeRequest(
+        image_id=image_id, attribute="launchPermission"), metadata=owner)
+    assert [p.user_id for p in attr.launch_permissions] == [GRANTEE]
+
+    # The grantee sees it as shared with it (no tags of the owner) and launches it, without
+    # access to its snapshot (sharing an AMI does not share its snapshots).
+    shared = stub.DescribeImages(ec2.DescribeImagesRequest(executable_users=["self"]),
+                                 metadata=grantee).images
+    assert [i.image_id for i in shared] == [image_id]
+    reservation = stub.RunInstances(
+        ec2.RunInstancesRequest(image_id=image_id, min_count=1, max_count=1), metadata=grantee)
+    assert reservation.owner_id == GRANTEE
+    assert reservation.instances[0].image_id == image_id
+    assert not stub.DescribeSnapshots(ec2.DescribeSnapshotsRequest(), metadata=grantee).snapshots
+
+    # The grantee cannot change or deregister it (AuthFailure); the owner can take it back.
+    with pytest.raises(grpc.RpcError) as err:
+        stub.DeregisterImage(ec2.DeregisterImageRequest(image_id=image_id), metadata=grantee)
+    assert error_code(err.value) == "AuthFailure"
+    stub.ResetImageAttribute(ec2.ResetImageAttributeRequest(
+        image_id=image_id, attribute="launchPermission"), metadata=owner)
+    with pytest.raises(grpc.RpcError) as err:
+        stub.RunInstances(ec2.RunInstancesRequest(image_id=image_id, min_count=1, max_count=1),
+                          metadata=grantee)
+    assert error_code(err.value) == "InvalidAMIID.NotFound"
+
+
+ACCOUNTS_TOML = """
+[[organization]]
+id = "o-abcde12345"
+management_account = "999988887777"
+
+[[account]]
+id = "123456789012"
+token = "py-owner-token"
+
+[[account]]
+id = "222233334444"
+token = "py-member-token"
+organization = "o-abcde12345"
+"""
+
+
+@pytest.fixture(scope="module")
+def secured():
+    """A second `amisim dev`, started with an accounts file (bearer tokens, an organization)."""
+    with tempfile.NamedTemporaryFile("w", suffix=".toml", delete=False) as f:
+        f.write(ACCOUNTS_TOML)
+    d = Dev(extra_args=("--accounts", f.name))
+    channel = grpc.insecure_channel(d.address)
+    grpc.channel_ready_future(channel).result(timeout=10)
+    yield ec2_grpc.Ec2Stub(channel)
+    channel.close()
+    d.stop()
+    os.unlink(f.name)
+
+
+def bearer(token, region=REGION):
+    return [("x-amisim-region", region), ("authorization", "Bearer " + token)]
+
+
+def test_bearer_tokens_and_an_organization_share(secured):
+    stub = secured
+    # Without a token, or with x-amisim-account only: AuthFailure.
+    for meta in ([("x-amisim-region", REGION)], md()):
+        with pytest.raises(grpc.RpcError) as err:
+            stub.DescribeImages(ec2.DescribeImagesRequest(), metadata=meta)
+        assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED
+        assert error_code(err.value) == "AuthFailure"
+
+    owner, member = bearer("py-owner-token"), bearer("py-member-token")
+    image_id, _ = register_image(stub, "python org image", meta=owner)
+    wait_for("image available",
+             lambda: describe_image(stub, image_id, meta=owner).state == "available")
+    stub.ModifyImageAttribute(ec2.ModifyImageAttributeRequest(
+        image_id=image_id,
+        attribute="launchPermission",
+        operation_type="add",
+        organization_arns=["arn:aws:organizations::999988887777:organization/o-abcde12345"],
+    ), metadata=owner)
+    reservation = stub.RunInstances(
+        ec2.RunInstancesRequest(image_id=image_id, min_count=1, max_count=1), metadata=member)
+    assert reservation.owner_id == "222233334444"

@@ -152,7 +152,8 @@ pub fn describe_images_with(
                 continue;
             }
         }
-        let ctx = ReadCtx::new(region, account, rs.state.last_sim_time_ms).with_membership(membership);
+        let ctx =
+            ReadCtx::new(region, account, rs.state.last_sim_time_ms).with_membership(membership);
         let Answer::DescribeImages(answer) = run(&rs.state, &ctx, Query::DescribeImages(q))? else {
             return Err(mismatch());
         };
@@ -221,7 +222,8 @@ pub fn describe_snapshots_with(
                 continue;
             }
         }
-        let ctx = ReadCtx::new(region, account, rs.state.last_sim_time_ms).with_membership(membership);
+        let ctx =
+            ReadCtx::new(region, account, rs.state.last_sim_time_ms).with_membership(membership);
         let Answer::DescribeSnapshots(answer) = run(&rs.state, &ctx, Query::DescribeSnapshots(q))?
         else {
             return Err(mismatch());

@@ -75,8 +75,8 @@ impl CoordinatorService {
             .iter()
             .filter_map(|r| {
                 let rs = snap.region(r)?;
-                let ctx = ReadCtx::new(r, &caller, rs.state.last_sim_time_ms)
-                    .with_membership(membership);
+                let ctx =
+                    ReadCtx::new(r, &caller, rs.state.last_sim_time_ms).with_membership(membership);
                 Some(amisim_core::sharing::shared_with_account(
                     &rs.state,
                     &ctx,
