@@ -10,6 +10,7 @@ const FILES: &[&str] = &[
     "amisim/v1/region.proto",
     "amisim/v1/coordinator.proto",
     "amisim/v1/kms.proto",
+    "amisim/v1/audit.proto",
 ];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {

@@ -190,7 +190,9 @@ async fn request_snapshot(
 async fn target_state(url: &str, r: &Requested) -> String {
     let mut ec2 = ec2(url).await;
     let res = if r.kind == "image" {
-        describe_image(&mut ec2, &r.dest, &r.id).await.map(|i| i.state)
+        describe_image(&mut ec2, &r.dest, &r.id)
+            .await
+            .map(|i| i.state)
     } else {
         describe_snapshot(&mut ec2, &r.dest, &r.id)
             .await
@@ -223,6 +225,7 @@ async fn copies_in(coordinator: &str, dest: &str, phase: &str) -> Vec<CopyInfo> 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn copies_survive_sigkill_of_the_coordinator_the_source_and_the_destination() {
+    let t0 = std::time::Instant::now();
     let data = tempfile::tempdir().unwrap();
     let mut regions: BTreeMap<String, Region> = BTreeMap::new();
     for name in [SOURCE, DEST, OTHER] {
@@ -237,8 +240,19 @@ async fn copies_survive_sigkill_of_the_coordinator_the_source_and_the_destinatio
     // Sources: an AMI (and its snapshot) in us-east-1 and in ap-south-1.
     let us = register_image(&mut gw, SOURCE, "golden us").await.unwrap();
     let ap = register_image(&mut gw, OTHER, "golden ap").await.unwrap();
+    for (region, id) in [(SOURCE, &us.image_id), (OTHER, &ap.image_id)] {
+        eventually("the source AMI is available", LONG, || {
+            let mut gw = gw.clone();
+            async move {
+                let state = describe_image(&mut gw, region, id).await.ok()?.state;
+                (state == "available").then_some(())
+            }
+        })
+        .await;
+    }
     let mut copies: Vec<Requested> = Vec::new();
 
+    eprintln!("[{:.1?}] 1: copies through the gateway", t0.elapsed());
     // 1. Copies through the gateway, then SIGKILL the coordinator at once.
     copies.push(request_image(&mut gw, DEST, SOURCE, &us.image_id, "c1 us to eu", false).await);
     copies.push(request_snapshot(&mut gw, DEST, SOURCE, &us.snapshot_id).await);
@@ -246,23 +260,37 @@ async fn copies_survive_sigkill_of_the_coordinator_the_source_and_the_destinatio
     copies.push(request_image(&mut gw, OTHER, SOURCE, &us.image_id, "c1 us to ap", false).await);
     copies.push(request_image(&mut gw, SOURCE, SOURCE, &us.image_id, "c1 us to us", false).await);
     copies.push(
-        request_image(&mut gw, DEST, SOURCE, "ami-0123456789abcdef0", "c1 missing", true).await,
+        request_image(
+            &mut gw,
+            DEST,
+            SOURCE,
+            "ami-0123456789abcdef0",
+            "c1 missing",
+            true,
+        )
+        .await,
     );
     coordinator.kill();
 
+    eprintln!("[{:.1?}] 2: coordinator killed", t0.elapsed());
     // 2. While it is down, more copies straight on the destination node; then restart it.
     let mut eu = ec2(&regions[DEST].url).await;
     copies.push(request_image(&mut eu, DEST, SOURCE, &us.image_id, "c2 us to eu", false).await);
     copies.push(request_snapshot(&mut eu, DEST, OTHER, &ap.snapshot_id).await);
     (coordinator, gateway) = start_coordinator(&regions);
     gw = ec2(&gateway).await;
-    let resumed = eventually("the restarted coordinator starts the copies made while it was down", LONG, || async {
-        let n = copies_in(&gateway, DEST, "transferring").await.len();
-        (n >= 5).then_some(n)
-    })
+    let resumed = eventually(
+        "the restarted coordinator starts the copies made while it was down",
+        LONG,
+        || async {
+            let n = copies_in(&gateway, DEST, "transferring").await.len();
+            (n >= 5).then_some(n)
+        },
+    )
     .await;
     eprintln!("after the coordinator restart: {resumed} copies transferring into {DEST}");
 
+    eprintln!("[{:.1?}] 3: killing the source", t0.elapsed());
     // 3. SIGKILL the source region; copies requested now cannot be read until it is back.
     regions.get_mut(SOURCE).unwrap().process.kill();
     let c3 = request_image(&mut gw, DEST, SOURCE, &us.image_id, "c3 us to eu", false).await;
@@ -289,11 +317,16 @@ async fn copies_survive_sigkill_of_the_coordinator_the_source_and_the_destinatio
         *r = again;
     }
 
+    eprintln!("[{:.1?}] 4: killing the destination", t0.elapsed());
     // 4. SIGKILL the destination while its transfers run; restart it on its data and port.
-    let mid = eventually("the copy made while the source was down transfers", LONG, || async {
-        let t = copies_in(&gateway, DEST, "transferring").await;
-        t.iter().any(|c| c.destination_id == c3.id).then_some(t)
-    })
+    let mid = eventually(
+        "the copy made while the source was down transfers",
+        LONG,
+        || async {
+            let t = copies_in(&gateway, DEST, "transferring").await;
+            t.iter().any(|c| c.destination_id == c3.id).then_some(t)
+        },
+    )
     .await;
     eprintln!(
         "killing {DEST} with {} transfers under way: {:?}",
@@ -304,6 +337,7 @@ async fn copies_survive_sigkill_of_the_coordinator_the_source_and_the_destinatio
     );
     regions.get_mut(DEST).unwrap().kill_and_restart();
 
+    eprintln!("[{:.1?}] waiting for every copy to end", t0.elapsed());
     // Every copy ends, as it should.
     for c in &copies {
         let url = regions[&c.dest].url.clone();
@@ -314,7 +348,11 @@ async fn copies_survive_sigkill_of_the_coordinator_the_source_and_the_destinatio
                 .then_some(s)
         })
         .await;
-        let ok = if c.kind == "image" { "available" } else { "completed" };
+        let ok = if c.kind == "image" {
+            "available"
+        } else {
+            "completed"
+        };
         let want = if c.must_fail {
             if c.kind == "image" {
                 "failed"
@@ -327,6 +365,7 @@ async fn copies_survive_sigkill_of_the_coordinator_the_source_and_the_destinatio
         assert_eq!(state, want, "{c:?}");
     }
 
+    eprintln!("[{:.1?}] checking the logs", t0.elapsed());
     // Exactly one start and one end per copy in each destination's log.
     let mut logs: BTreeMap<String, Vec<Event>> = BTreeMap::new();
     for (name, r) in &regions {
@@ -346,7 +385,9 @@ async fn copies_survive_sigkill_of_the_coordinator_the_source_and_the_destinatio
         let copy_id = log
             .iter()
             .find_map(|e| match &e.payload {
-                Some(Payload::ImageCopyRequested(r)) if r.image_id == c.id => Some(r.copy_id.clone()),
+                Some(Payload::ImageCopyRequested(r)) if r.image_id == c.id => {
+                    Some(r.copy_id.clone())
+                }
                 Some(Payload::SnapshotCopyRequested(r)) if r.snapshot_id == c.id => {
                     Some(r.copy_id.clone())
                 }
@@ -381,11 +422,14 @@ async fn copies_survive_sigkill_of_the_coordinator_the_source_and_the_destinatio
         let reads = logs
             .values()
             .flatten()
-            .filter(|e| matches!(&e.payload, Some(Payload::CopySourceRead(r)) if r.copy_id == copy_id))
+            .filter(
+                |e| matches!(&e.payload, Some(Payload::CopySourceRead(r)) if r.copy_id == copy_id),
+            )
             .count();
         assert_eq!(reads, 1, "one source read of {copy_id}");
     }
 
+    eprintln!("[{:.1?}] checking the digests", t0.elapsed());
     // The coordinator's projection equals each node's state at the same seq.
     let mut coord = CoordinatorClient::new(connect(&gateway).await);
     for (name, r) in &regions {
@@ -396,28 +440,36 @@ async fn copies_survive_sigkill_of_the_coordinator_the_source_and_the_destinatio
             .expect("node digest")
             .into_inner();
         assert_eq!(own.digest, own.replay_digest, "{name}: live != replay");
-        let mine = eventually(&format!("the coordinator reaches {name}:{}", own.seq), LONG, || {
-            let mut coord = coord.clone();
-            let token = format!("{name}:{}", own.seq);
-            let name = name.clone();
-            async move {
-                let d = coord
-                    .get_state_digest(GetGlobalStateDigestRequest {
-                        regions: vec![name],
-                        consistency_token: token,
-                    })
-                    .await
-                    .ok()?
-                    .into_inner();
-                d.regions.into_iter().next()
-            }
-        })
+        let mine = eventually(
+            &format!("the coordinator reaches {name}:{}", own.seq),
+            LONG,
+            || {
+                let mut coord = coord.clone();
+                let token = format!("{name}:{}", own.seq);
+                let name = name.clone();
+                async move {
+                    let d = coord
+                        .get_state_digest(GetGlobalStateDigestRequest {
+                            regions: vec![name],
+                            consistency_token: token,
+                        })
+                        .await
+                        .ok()?
+                        .into_inner();
+                    d.regions.into_iter().next()
+                }
+            },
+        )
         .await;
-        assert_eq!(mine.seq, own.seq, "{name}: nothing happens after the copies");
+        assert_eq!(
+            mine.seq, own.seq,
+            "{name}: nothing happens after the copies"
+        );
         assert_eq!(mine.digest, own.digest, "{name}: coordinator != node");
     }
     let _ = &mut coord;
 
+    eprintln!("[{:.1?}] amisim copies", t0.elapsed());
     // `amisim copies` lists them all, finished.
     let out = run_amisim([
         "copies",
@@ -436,10 +488,7 @@ async fn copies_survive_sigkill_of_the_coordinator_the_source_and_the_destinatio
     assert_eq!(listed.len(), copies.len(), "{listed:?}");
     for c in &listed {
         let phase = c["phase"].as_str().unwrap_or_default();
-        assert!(
-            ["available", "completed", "failed"].contains(&phase),
-            "{c}"
-        );
+        assert!(["available", "completed", "failed"].contains(&phase), "{c}");
     }
     let out = run_amisim(["copies", "--coordinator", gateway.as_str()]);
     assert!(out.status.success());
@@ -453,4 +502,81 @@ async fn copies_survive_sigkill_of_the_coordinator_the_source_and_the_destinatio
         let status = r.process.terminate(Duration::from_secs(20));
         assert!(status.success(), "{}", r.process.logs());
     }
+}
+
+/// `amisim dev` runs the same coordinator: a copy between two of its regions completes, and
+/// the one port serves `Coordinator` (health, ListCopies) next to the gateway.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn dev_drives_copies_and_serves_the_coordinator_service() {
+    use tonic_health::pb::health_check_response::ServingStatus;
+    use tonic_health::pb::{health_client::HealthClient, HealthCheckRequest};
+
+    let data = tempfile::tempdir().unwrap();
+    let dev = start_dev(data.path(), &["--link", "us-east-1:ap-south-1=20000,150"]);
+    assert!(
+        dev.process
+            .stdout_text()
+            .contains("amisim dev: link us-east-1:ap-south-1=20000 ms + bytes / 150 MiB/s"),
+        "{}",
+        dev.process.logs()
+    );
+    let channel = connect(&dev.gateway).await;
+    let mut health = HealthClient::new(channel.clone());
+    for service in ["amisim.v1.Ec2", "amisim.v1.Coordinator"] {
+        let status = health
+            .check(HealthCheckRequest {
+                service: service.into(),
+            })
+            .await
+            .unwrap_or_else(|e| panic!("health of {service}: {e:?}"))
+            .into_inner()
+            .status;
+        assert_eq!(status, ServingStatus::Serving as i32, "{service}");
+    }
+
+    let mut gw = ec2(&dev.gateway).await;
+    let src = register_image(&mut gw, SOURCE, "dev golden").await.unwrap();
+    eventually("the source AMI is available", LONG, || {
+        let mut gw = gw.clone();
+        let id = src.image_id.clone();
+        async move {
+            let state = describe_image(&mut gw, SOURCE, &id).await.ok()?.state;
+            (state == "available").then_some(())
+        }
+    })
+    .await;
+    let copy = request_image(&mut gw, OTHER, SOURCE, &src.image_id, "dev copy", false).await;
+    let image = eventually("the copy is available", LONG, || {
+        let mut gw = gw.clone();
+        let id = copy.id.clone();
+        async move {
+            let image = describe_image(&mut gw, OTHER, &id).await.ok()?;
+            (image.state == "available").then_some(image)
+        }
+    })
+    .await;
+    assert_eq!(image.source_image_id, src.image_id);
+    assert_eq!(image.source_image_region, SOURCE);
+
+    let listed = CoordinatorClient::new(channel)
+        .list_copies(ListCopiesRequest::default())
+        .await
+        .expect("ListCopies")
+        .into_inner();
+    assert_eq!(listed.copies.len(), 1, "{listed:?}");
+    let c = &listed.copies[0];
+    assert_eq!(
+        (c.source_region.as_str(), c.destination_region.as_str()),
+        (SOURCE, OTHER)
+    );
+    assert_eq!(c.phase, "available");
+    // The configured link timed it: 20 s + 1 GiB ÷ 150 MiB/s, then 10 s to available.
+    assert_eq!(
+        c.due_at_ms - c.started_at_ms,
+        20_000 + 6_826 + 10_000,
+        "{c:?}"
+    );
+    assert!(listed
+        .saga_driver
+        .is_some_and(|d| d.running && d.copies_driven == 1));
 }

@@ -70,13 +70,12 @@ impl LinkModel {
 
 impl fmt::Display for LinkModel {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if self.bandwidth_bytes_per_s % MIB == 0 {
-            write!(
-                f,
-                "{} ms + bytes / {} MiB/s",
-                self.latency_ms,
-                self.bandwidth_bytes_per_s / MIB
-            )
+        let (mib, rest) = (
+            self.bandwidth_bytes_per_s / MIB,
+            self.bandwidth_bytes_per_s % MIB,
+        );
+        if rest == 0 {
+            write!(f, "{} ms + bytes / {mib} MiB/s", self.latency_ms)
         } else {
             write!(
                 f,
@@ -329,6 +328,12 @@ mod tests {
         // 8 GiB: 60 s + 8192 MiB ÷ 75 MiB/s ≈ 169 s (EC2_SEMANTICS.md §10.2: ~3 min).
         assert_eq!(l.transfer_ms(8 * 1024 * MIB), 60_000 + 109_226);
         assert_eq!(l.to_string(), "60000 ms + bytes / 75 MiB/s");
+        let odd = LinkModel {
+            latency_ms: 5,
+            bandwidth_bytes_per_s: 1000,
+        };
+        assert_eq!(odd.to_string(), "5 ms + bytes / 1000 B/s");
+        assert_eq!(odd.transfer_ms(2000), 5 + 2000);
     }
 
     #[test]
@@ -340,7 +345,10 @@ mod tests {
         assert_eq!(s.model.bandwidth_bytes_per_s, 150 * MIB);
         // Spaces around the parts are tolerated.
         let t: LinkSpec = " ap-south-1 : us-east-1 = 5 , 1 ".parse().unwrap();
-        assert_eq!((t.from.as_str(), t.to.as_str()), ("ap-south-1", "us-east-1"));
+        assert_eq!(
+            (t.from.as_str(), t.to.as_str()),
+            ("ap-south-1", "us-east-1")
+        );
         assert_eq!(t.model, LinkModel::new(5, 1));
     }
 
@@ -407,7 +415,10 @@ mod tests {
             }
         );
         // An empty config is the default table; unknown fields are refused.
-        assert_eq!(serde_json::from_str::<LinkTable>("{}").unwrap(), LinkTable::new());
+        assert_eq!(
+            serde_json::from_str::<LinkTable>("{}").unwrap(),
+            LinkTable::new()
+        );
         assert!(serde_json::from_str::<LinkTable>(r#"{"defualt": {}}"#).is_err());
         // Round trip.
         let back: LinkTable = serde_json::from_str(&serde_json::to_string(&t).unwrap()).unwrap();
@@ -429,7 +440,10 @@ mod tests {
         "#;
         let t: LinkTable = toml::from_str(text).unwrap();
         assert_eq!(t.default, LinkModel::CROSS_REGION);
-        assert_eq!(t.get("us-east-1", "ap-south-1"), LinkModel::new(120_000, 30));
+        assert_eq!(
+            t.get("us-east-1", "ap-south-1"),
+            LinkModel::new(120_000, 30)
+        );
         assert!(t.validate().is_ok());
         // A bad entry is refused while parsing, with the reason.
         let bad = "[[links]]\nfrom = \"us-east-1\"\nto = \"EU\"\n";

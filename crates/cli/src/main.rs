@@ -7,6 +7,8 @@
 //! | `coordinator` | [`coordinator`] | the coordinator (gateway, global projection, copy sagas) in front of region nodes given by URL |
 //! | `copies` | [`copies`] | list the copies a coordinator knows (`Coordinator.ListCopies`) |
 //! | `replay` | [`replay`] | verify a region's log and fold it offline: head, digest, resources |
+//! | `audit` | [`audit`] | verify a region's log (hash chain and signed digests), export its public key |
+//! | `bench` | [`bench`] | load generator: operation mix, latency percentiles, ratio to bare gRPC |
 //!
 //! Conventions every subcommand keeps, so scripts and tests can drive it:
 //! - **stdout** carries only the few facts a caller needs, one per line (`... listening on
@@ -19,6 +21,8 @@
 //! Every flag has an `AMISIM_*` environment fallback (shown in `--help`).
 
 mod accounts;
+mod audit;
+mod bench;
 mod coordinator;
 mod copies;
 mod dev;
@@ -54,12 +58,14 @@ enum Command {
     Coordinator(coordinator::CoordinatorArgs),
     Copies(copies::CopiesArgs),
     Replay(replay::ReplayArgs),
+    Audit(audit::AuditArgs),
+    Bench(bench::BenchArgs),
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let default_level = match cli.command {
-        Command::Replay(_) | Command::Copies(_) => "warn",
+        Command::Replay(_) | Command::Audit(_) | Command::Copies(_) | Command::Bench(_) => "warn",
         _ => "info",
     };
     logging::init(cli.log_format, default_level);
@@ -77,11 +83,19 @@ fn main() -> ExitCode {
     };
     let result = runtime.block_on(async move {
         match cli.command {
-            Command::Dev(args) => dev::run(args).await,
-            Command::Region(args) => region::run(args).await,
+            Command::Dev(args) => {
+                audit::set_digest_every(args.sim.digest_every);
+                dev::run(args).await
+            }
+            Command::Region(args) => {
+                audit::set_digest_every(args.sim.digest_every);
+                region::run(args).await
+            }
             Command::Coordinator(args) => coordinator::run(args).await,
             Command::Copies(args) => copies::run(args).await,
             Command::Replay(args) => replay::run(args),
+            Command::Audit(args) => audit::run(args),
+            Command::Bench(args) => bench::run(args).await,
         }
     });
     // Do not wait for detached blocking work (sled's flusher, ...) longer than needed.

@@ -62,6 +62,13 @@ pub struct SimArgs {
     /// Default: a random seed.
     #[arg(long, env = "AMISIM_SEED", value_name = "N")]
     pub seed: Option<u64>,
+
+    /// Sign a digest of the log (ed25519, key in DATA/signing.key, digests in
+    /// DATA/digests.jsonl) every N events and at clean shutdown; `amisim audit verify` uses them
+    /// to detect a truncated log.
+    #[arg(long, env = "AMISIM_DIGEST_EVERY", default_value_t = amisim_region::audit::DEFAULT_DIGEST_EVERY,
+          value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    pub digest_every: u64,
 }
 
 fn parse_time_scale(s: &str) -> Result<f64, String> {
@@ -92,6 +99,10 @@ pub fn start_node(
         )
     })?;
     let log: Arc<dyn EventLog> = Arc::new(log);
+    // Signed digests every --digest-every events (audit: a truncated tail is detectable).
+    let (log, audit_trail) =
+        amisim_region::audit::open_signed(dir, name, crate::audit::digest_every(), log)
+            .with_context(|| format!("cannot open the audit signing key of {name}"))?;
     let mut cfg = RegionConfig {
         region: name.to_string(),
         time_scale,
@@ -108,7 +119,10 @@ pub fn start_node(
         known.push(name.to_string());
     }
     cfg.core.known_regions = known;
-    RegionNode::start(cfg, log).with_context(|| format!("cannot start region {name}"))
+    let node =
+        RegionNode::start(cfg, log).with_context(|| format!("cannot start region {name}"))?;
+    node.attach_audit(audit_trail);
+    Ok(node)
 }
 
 pub async fn run(args: RegionArgs) -> anyhow::Result<()> {

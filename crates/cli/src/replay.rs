@@ -4,9 +4,8 @@
 //! (`Region.GetStateDigest`), so "the node's state equals a replay of its log" can be checked
 //! from outside the node, by a process that shares no code path with the node's writer.
 
-use std::io::{IsTerminal, Write};
+use std::io::IsTerminal;
 use std::path::PathBuf;
-use std::time::{Duration, Instant};
 
 use amisim_core::State;
 use amisim_log::{EventLog, SledLog, SledOptions};
@@ -26,9 +25,10 @@ pub struct ReplayArgs {
     #[arg(long, env = "AMISIM_DATA", value_name = "DIR")]
     pub data: PathBuf,
 
-    /// Replay only events 1..=SEQ (default: up to the head).
-    #[arg(long, value_name = "SEQ")]
-    pub until: Option<u64>,
+    /// Replay only up to this point: a seq (events 1..=SEQ) or an ISO 8601 simulated time
+    /// (`2024-05-01T12:00:00Z`: every event at or before it). Default: up to the head.
+    #[arg(long, value_name = "SEQ|TIME")]
+    pub until: Option<amisim_region::audit::Point>,
 
     /// Output: a human-readable table, or one JSON object
     /// (`{"region","seq","digest","head_seq","counts",...}`).
@@ -63,10 +63,11 @@ pub fn run(args: ReplayArgs) -> anyhow::Result<()> {
         .verify()
         .with_context(|| format!("the event log at {} does not verify", dir.display()))?;
     let until = match args.until {
-        Some(seq) if seq > head.seq => {
+        Some(amisim_region::audit::Point::Seq(seq)) if seq > head.seq => {
             anyhow::bail!("--until {seq} is beyond the log's head (seq {})", head.seq)
         }
-        Some(seq) => seq,
+        Some(point) => amisim_region::audit::as_of::resolve(&log, point)
+            .context("cannot find the --until point in the log")?,
         None => head.seq,
     };
 
@@ -230,43 +231,38 @@ impl Report {
     }
 }
 
-/// Progress on stderr for long replays, only when stderr is a terminal.
+/// A progress bar on stderr for long replays (indicatif; drawn only when stderr is a terminal
+/// and the replay is long enough to notice).
 struct Progress {
-    total: u64,
-    enabled: bool,
-    started: Instant,
-    last: std::cell::Cell<Instant>,
+    bar: indicatif::ProgressBar,
 }
 
 impl Progress {
+    /// Below this many events a replay is too quick for a bar.
+    const MIN_EVENTS: u64 = 20_000;
+
     fn new(total: u64) -> Self {
-        let now = Instant::now();
-        Progress {
-            total,
-            enabled: std::io::stderr().is_terminal(),
-            started: now,
-            last: std::cell::Cell::new(now),
-        }
+        use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+        let bar = if total >= Self::MIN_EVENTS && std::io::stderr().is_terminal() {
+            let bar =
+                ProgressBar::with_draw_target(Some(total), ProgressDrawTarget::stderr_with_hz(5));
+            if let Ok(style) = ProgressStyle::with_template(
+                "replaying {bar:40} {pos}/{len} events ({percent}%, {per_sec}, eta {eta})",
+            ) {
+                bar.set_style(style);
+            }
+            bar
+        } else {
+            ProgressBar::hidden()
+        };
+        Progress { bar }
     }
 
     fn update(&self, done: u64) {
-        if !self.enabled || self.last.get().elapsed() < Duration::from_millis(250) {
-            return;
-        }
-        self.last.set(Instant::now());
-        let pct = done * 100 / self.total.max(1);
-        let mut err = std::io::stderr();
-        let _ = write!(err, "\rreplaying: {done}/{} events ({pct}%)", self.total);
-        let _ = err.flush();
+        self.bar.set_position(done);
     }
 
     fn finish(&self) {
-        if self.enabled && self.started.elapsed() >= Duration::from_millis(250) {
-            eprintln!(
-                "\rreplayed {} events in {:.1?}          ",
-                self.total,
-                self.started.elapsed()
-            );
-        }
+        self.bar.finish_and_clear();
     }
 }

@@ -35,7 +35,7 @@ pub mod server;
 pub mod service;
 
 pub use follower::{FollowerConfig, FollowerMonitor, FollowerSet, FollowerStatus};
-pub use gateway::{serve_gateway, Gateway, GatewayError, RegionRoutes};
+pub use gateway::{serve_gateway, Gateway, GatewayError, KmsGateway, RegionRoutes};
 pub use projection::{ConsistencyToken, Projection, ProjectionSnapshot};
 pub use saga::{SagaConfig, SagaDriver, SagaMonitor, SagaStatus};
 pub use server::{run_coordinator, CoordinatorConfig, ServerError};

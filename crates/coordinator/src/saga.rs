@@ -60,6 +60,10 @@ use crate::follower::Backoff;
 use crate::gateway::{RegionRoutes, REQUEST_ID_HEADER};
 use crate::projection::{Projection, ProjectionSnapshot};
 
+/// The driver looks at the projection at most this often (a look walks every copy of every
+/// region).
+const MIN_LOOK_INTERVAL: Duration = Duration::from_millis(10);
+
 /// How the saga driver runs. The defaults suit a local cluster and tests.
 #[derive(Debug, Clone)]
 pub struct SagaConfig {
@@ -237,8 +241,7 @@ impl SagaMonitor {
     pub async fn region_now_ms(&self, region: &str, timeout: Duration) -> Option<u64> {
         let channel = self.shared.routes.get(region)?.clone();
         let mut client = RegionClient::new(channel);
-        match tokio::time::timeout(timeout, client.get_region_info(GetRegionInfoRequest {})).await
-        {
+        match tokio::time::timeout(timeout, client.get_region_info(GetRegionInfoRequest {})).await {
             Ok(Ok(r)) => {
                 let r = r.into_inner();
                 (r.region == region).then_some(r.sim_time_ms)
@@ -360,9 +363,27 @@ impl Driver {
             "saga driver started"
         );
         let mut changes = self.shared.projection.subscribe();
-        let recheck = self.shared.config.recheck_after.max(Duration::from_millis(100));
+        let recheck = self
+            .shared
+            .config
+            .recheck_after
+            .max(Duration::from_millis(100));
+        let mut last_look: Option<Instant> = None;
         loop {
+            // Bursts of publications (a catch-up, heavy load) are coalesced: at most one look
+            // at the projection per MIN_LOOK_INTERVAL.
+            if let Some(next) = last_look.map(|at| at + MIN_LOOK_INTERVAL) {
+                if Instant::now() < next {
+                    tokio::select! {
+                        biased;
+                        _ = stopped(&mut self.shutdown) => break,
+                        _ = tokio::time::sleep_until(next) => {}
+                    }
+                }
+            }
+            changes.borrow_and_update();
             self.schedule();
+            last_look = Some(Instant::now());
             tokio::select! {
                 biased;
                 _ = stopped(&mut self.shutdown) => break,
@@ -430,9 +451,8 @@ impl Driver {
         let snap = self.shared.projection.snapshot();
         let recheck = self.shared.config.recheck_after;
         // Forget handed-off copies the projection shows started (or that waited too long).
-        self.handed_off.retain(|id, at| {
-            at.elapsed() < recheck && awaiting_start_anywhere(&snap, id)
-        });
+        self.handed_off
+            .retain(|id, at| at.elapsed() < recheck && awaiting_start_anywhere(&snap, id));
         let mut queued = 0;
         for (dest, region) in snap.regions() {
             for task in region.state.copies_awaiting_start() {
@@ -507,7 +527,11 @@ fn awaiting_start_anywhere(snap: &ProjectionSnapshot, copy_id: &str) -> bool {
 }
 
 /// The recorded `CopySourceRead` of a copy in a region's projected state, with its place.
-pub fn recorded_read(state: &State, region: &str, copy_id: &str) -> Option<(CopySourceRead, EventRef)> {
+pub fn recorded_read(
+    state: &State,
+    region: &str,
+    copy_id: &str,
+) -> Option<(CopySourceRead, EventRef)> {
     let rec = state.copy_reads.get(copy_id).filter(|r| r.seq > 0)?;
     let read = rec.payload()?;
     Some((
@@ -612,7 +636,10 @@ impl Worker {
             .and_then(|r| recorded_read(&r.state, src, &task.copy_id));
         let (source, read_at) = match recorded {
             Some(found) => {
-                tracing::debug!(read_seq = found.1.seq, "source read found in the projection");
+                tracing::debug!(
+                    read_seq = found.1.seq,
+                    "source read found in the projection"
+                );
                 found
             }
             None => {

@@ -108,6 +108,12 @@ pub async fn run_coordinator(
         )
         .await;
     health_reporter
+        .set_service_status(
+            amisim_proto::kms_server::SERVICE_NAME,
+            tonic_health::ServingStatus::Serving,
+        )
+        .await;
+    health_reporter
         .set_serving::<CoordinatorServer<CoordinatorService>>()
         .await;
     let reflection_v1 = tonic_reflection::server::Builder::configure()
@@ -129,6 +135,7 @@ pub async fn run_coordinator(
         .add_service(health)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
+        .add_service(Gateway::new(routes.clone()).kms())
         .add_service(Gateway::new(routes))
         .add_service(service.into_server())
         .serve_with_incoming_shutdown(

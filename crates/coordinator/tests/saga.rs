@@ -121,9 +121,8 @@ impl Cluster {
             );
         }
         let followers = FollowerSet::follow_routes(&routes, fast_followers()).unwrap();
-        let driver = links.map(|l| {
-            SagaDriver::spawn(followers.projection(), routes.clone(), l, fast_sagas())
-        });
+        let driver = links
+            .map(|l| SagaDriver::spawn(followers.projection(), routes.clone(), l, fast_sagas()));
         let mut service =
             CoordinatorService::new(followers.projection()).with_followers(followers.monitor());
         if let Some(d) = &driver {
@@ -369,7 +368,13 @@ async fn make_image(c: &Cluster, region: &str, name: &str, encrypted: bool) -> (
     (image, snap)
 }
 
-async fn copy_image(c: &Cluster, dest: &str, source_region: &str, source: &str, name: &str) -> String {
+async fn copy_image(
+    c: &Cluster,
+    dest: &str,
+    source_region: &str,
+    source: &str,
+    name: &str,
+) -> String {
     c.ec2(dest)
         .await
         .copy_image(CopyImageRequest {
@@ -431,9 +436,16 @@ fn check_links(logs: &BTreeMap<String, Vec<Event>>, copy: &CopyInfo) -> Vec<Even
         .unwrap_or_else(|| panic!("no request of {}", copy.copy_id));
     let reads: Vec<&Event> = source_log
         .iter()
-        .filter(|e| matches!(&e.payload, Some(Payload::CopySourceRead(r)) if r.copy_id == copy.copy_id))
+        .filter(
+            |e| matches!(&e.payload, Some(Payload::CopySourceRead(r)) if r.copy_id == copy.copy_id),
+        )
         .collect();
-    assert_eq!(reads.len(), 1, "exactly one source read of {}", copy.copy_id);
+    assert_eq!(
+        reads.len(),
+        1,
+        "exactly one source read of {}",
+        copy.copy_id
+    );
     let read = reads[0];
     assert_eq!(read.correlation_id, copy.copy_id);
     assert_eq!(read.account_id, "system");
@@ -497,7 +509,11 @@ fn check_links(logs: &BTreeMap<String, Vec<Event>>, copy: &CopyInfo) -> Vec<Even
             )
         })
         .count();
-    assert_eq!(starts, 1, "exactly one start (or failure) of {}", copy.copy_id);
+    assert_eq!(
+        starts, 1,
+        "exactly one start (or failure) of {}",
+        copy.copy_id
+    );
     steps
 }
 
@@ -550,7 +566,10 @@ async fn image_and_snapshot_copies_between_every_pair_of_regions_complete() {
     .await;
     for copy in &listed {
         assert_eq!(copy.progress_percent, 0, "{copy:?}");
-        assert!(copy.started_at_ms > 0 && copy.due_at_ms > copy.started_at_ms, "{copy:?}");
+        assert!(
+            copy.started_at_ms > 0 && copy.due_at_ms > copy.started_at_ms,
+            "{copy:?}"
+        );
         let saga = copy.saga.as_ref().expect("the driver's status");
         assert_eq!(saga.step, "done", "{copy:?}");
         assert_eq!(saga.outcome, "started", "{copy:?}");
@@ -564,7 +583,10 @@ async fn image_and_snapshot_copies_between_every_pair_of_regions_complete() {
             .unwrap();
         c.due_at_ms - c.started_at_ms
     };
-    assert_eq!(duration("us-east-1", "eu-west-1", "snapshot"), 1_000 + 8_000);
+    assert_eq!(
+        duration("us-east-1", "eu-west-1", "snapshot"),
+        1_000 + 8_000
+    );
     assert_eq!(
         duration("eu-west-1", "us-east-1", "snapshot"),
         60_000 + 8 * 1024 * MIB * 1000 / (75 * MIB)
@@ -572,7 +594,10 @@ async fn image_and_snapshot_copies_between_every_pair_of_regions_complete() {
     // Same account, region and encryption: metadata only, 5 s.
     assert_eq!(duration("ap-south-1", "ap-south-1", "snapshot"), 5_000);
     // An image is available 10 s after its last snapshot.
-    assert_eq!(duration("us-east-1", "eu-west-1", "image"), 1_000 + 8_000 + 10_000);
+    assert_eq!(
+        duration("us-east-1", "eu-west-1", "image"),
+        1_000 + 8_000 + 10_000
+    );
 
     // Half way through the default link: progress from each destination's clock.
     c.advance(90_000);
@@ -585,7 +610,9 @@ async fn image_and_snapshot_copies_between_every_pair_of_regions_complete() {
     let slow = mid
         .iter()
         .find(|x| {
-            x.source_region == "us-east-1" && x.destination_region == "ap-south-1" && x.kind == "snapshot"
+            x.source_region == "us-east-1"
+                && x.destination_region == "ap-south-1"
+                && x.kind == "snapshot"
         })
         .unwrap();
     assert_eq!(slow.phase, "transferring");
@@ -626,8 +653,8 @@ async fn image_and_snapshot_copies_between_every_pair_of_regions_complete() {
         assert_eq!(s.volume_id, "vol-ffffffff");
         assert!(!s.encrypted);
         let copy_id = copy_id_of(&c, dest, new_ami);
-        let requested_at = c.projection().snapshot().region(dest).unwrap().state.copies[&copy_id]
-            .requested_at_ms;
+        let requested_at =
+            c.projection().snapshot().region(dest).unwrap().state.copies[&copy_id].requested_at_ms;
         assert_eq!(
             s.description,
             format!(
@@ -656,7 +683,11 @@ async fn image_and_snapshot_copies_between_every_pair_of_regions_complete() {
     assert_eq!(done.len(), 18);
     let logs = logs(&c).await;
     for copy in &done {
-        let want = if copy.kind == "image" { "available" } else { "completed" };
+        let want = if copy.kind == "image" {
+            "available"
+        } else {
+            "completed"
+        };
         assert_eq!(copy.phase, want, "{copy:?}");
         assert_eq!(copy.progress_percent, 100);
         assert!(copy.finished_at_ms >= copy.due_at_ms, "{copy:?}");
@@ -687,7 +718,10 @@ async fn image_and_snapshot_copies_between_every_pair_of_regions_complete() {
         .await
         .unwrap_err();
     assert_eq!(bad.code(), tonic::Code::InvalidArgument);
-    assert!(bad.message().starts_with("InvalidParameterValue: "), "{bad:?}");
+    assert!(
+        bad.message().starts_with("InvalidParameterValue: "),
+        "{bad:?}"
+    );
     let bad = c
         .coordinator
         .clone()
@@ -817,24 +851,25 @@ async fn a_restarted_driver_resumes_a_copy_without_starting_it_twice() {
         };
         broken.insert(r, ch).unwrap();
     }
-    let first = SagaDriver::spawn(
-        c.projection(),
-        broken,
-        LinkTable::default(),
-        fast_sagas(),
-    );
+    let first = SagaDriver::spawn(c.projection(), broken, LinkTable::default(), fast_sagas());
     let monitor = first.monitor();
     eventually("the first driver is retrying every StartCopy", || async {
         let s = monitor.status();
         (s.active.len() == 4
-            && s.active
-                .iter()
-                .all(|d| d.attempts >= 2 && d.last_error.as_deref().is_some_and(|e| e.contains("start in eu-west-1"))))
+            && s.active.iter().all(|d| {
+                d.attempts >= 2
+                    && d.last_error
+                        .as_deref()
+                        .is_some_and(|e| e.contains("start in eu-west-1"))
+            }))
         .then_some(())
     })
     .await;
     let s = monitor.status();
-    assert!(s.running && s.step_failures >= 4 && s.copies_driven == 0, "{s:?}");
+    assert!(
+        s.running && s.step_failures >= 4 && s.copies_driven == 0,
+        "{s:?}"
+    );
     // The sources were read once each, and the projection knows it.
     let read = |c: &Cluster| {
         c.projection()
@@ -845,7 +880,10 @@ async fn a_restarted_driver_resumes_a_copy_without_starting_it_twice() {
             .copy_reads
             .len()
     };
-    eventually("the reads are projected", || async { (read(&c) == 4).then_some(()) }).await;
+    eventually("the reads are projected", || async {
+        (read(&c) == 4).then_some(())
+    })
+    .await;
     drop(first);
     eventually("the first driver stops", || async {
         (!monitor.status().running).then_some(())
@@ -859,8 +897,18 @@ async fn a_restarted_driver_resumes_a_copy_without_starting_it_twice() {
 
     // Two new drivers at once (a restarted coordinator racing a stale one): each copy still
     // starts exactly once, from the recorded reads.
-    let second = SagaDriver::spawn(c.projection(), c.routes.clone(), LinkTable::default(), fast_sagas());
-    let third = SagaDriver::spawn(c.projection(), c.routes.clone(), LinkTable::default(), fast_sagas());
+    let second = SagaDriver::spawn(
+        c.projection(),
+        c.routes.clone(),
+        LinkTable::default(),
+        fast_sagas(),
+    );
+    let third = SagaDriver::spawn(
+        c.projection(),
+        c.routes.clone(),
+        LinkTable::default(),
+        fast_sagas(),
+    );
     let m2 = second.monitor();
     eventually("every copy transferring", || async {
         let snap = c.projection().snapshot();

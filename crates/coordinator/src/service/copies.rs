@@ -74,10 +74,7 @@ impl CopyFilter {
                         return Err(Ec2Error::invalid_value(
                             "phases",
                             p,
-                            &format!(
-                                "Valid values: {}, in-flight, finished.",
-                                PHASES.join(", ")
-                            ),
+                            &format!("Valid values: {}, in-flight, finished.", PHASES.join(", ")),
                         ))
                     }
                 },
@@ -141,9 +138,7 @@ pub fn list(
             })
             .filter(|t| filter.accounts.is_empty() || filter.accounts.contains(&t.owner_id))
             .collect();
-        tasks.sort_by(|a, b| {
-            (a.requested_at_ms, &a.copy_id).cmp(&(b.requested_at_ms, &b.copy_id))
-        });
+        tasks.sort_by(|a, b| (a.requested_at_ms, &a.copy_id).cmp(&(b.requested_at_ms, &b.copy_id)));
         for t in tasks {
             let source_state = snap.region(&t.source_region).map(|r| &r.state);
             let info = describe(dest, state, source_state, t, dest_now);
@@ -151,8 +146,8 @@ pub fn list(
                 continue;
             }
             let finished = !IN_FLIGHT.contains(&info.phase.as_str());
-            if finished && dest_now.saturating_sub(info.finished_at_ms) > filter.finished_within_ms
-            {
+            let age = dest_now.saturating_sub(info.finished_at_ms);
+            if finished && (filter.finished_within_ms == 0 || age > filter.finished_within_ms) {
                 continue;
             }
             let mut info = info;

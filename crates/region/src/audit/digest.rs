@@ -189,7 +189,11 @@ impl DigestSigner {
         Ok(DigestSigner {
             region: region.to_string(),
             dir: dir.to_path_buf(),
-            every: if every == 0 { DEFAULT_DIGEST_EVERY } else { every },
+            every: if every == 0 {
+                DEFAULT_DIGEST_EVERY
+            } else {
+                every
+            },
             key,
             public_key,
             inner: Mutex::new(SignerFile {

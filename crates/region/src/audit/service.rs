@@ -30,7 +30,23 @@ pub struct AuditService {
 }
 
 impl AuditService {
+    /// The service of `node`. Inside a Tokio runtime it also folds the log once in the
+    /// background, leaving the as-of checkpoints, so the first historical read is fast too.
     pub fn new(node: Arc<RegionNode>) -> Self {
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            let (log, trail, region) = (node.log(), node.audit(), node.region().to_string());
+            rt.spawn_blocking(move || {
+                let started = std::time::Instant::now();
+                match trail.checkpoints().warm(log.as_ref()) {
+                    Ok(()) => tracing::debug!(region = %region,
+                        checkpoints = trail.checkpoints().len(),
+                        elapsed_ms = started.elapsed().as_millis() as u64,
+                        "as-of checkpoints built"),
+                    Err(e) => tracing::warn!(region = %region, error = %e,
+                        "cannot build the as-of checkpoints; reads will fold from seq 1"),
+                }
+            });
+        }
         AuditService {
             node,
             closing: None,
@@ -190,7 +206,10 @@ impl Audit for AuditService {
     ) -> Result<Response<DescribeImagesAsOfResponse>, Status> {
         let (seq, sim_time_ms, answer) = self
             .read_as_of(request, |r| {
-                (r.as_of, Query::DescribeImages(r.request.unwrap_or_default()))
+                (
+                    r.as_of,
+                    Query::DescribeImages(r.request.unwrap_or_default()),
+                )
             })
             .await?;
         match answer {
@@ -209,7 +228,10 @@ impl Audit for AuditService {
     ) -> Result<Response<DescribeSnapshotsAsOfResponse>, Status> {
         let (seq, sim_time_ms, answer) = self
             .read_as_of(request, |r| {
-                (r.as_of, Query::DescribeSnapshots(r.request.unwrap_or_default()))
+                (
+                    r.as_of,
+                    Query::DescribeSnapshots(r.request.unwrap_or_default()),
+                )
             })
             .await?;
         match answer {

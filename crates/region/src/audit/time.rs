@@ -41,7 +41,8 @@ impl std::str::FromStr for Point {
 /// Parses `YYYY-MM-DDTHH:MM:SS[.fff][Z|+00:00]` (or a date alone, `YYYY-MM-DD`: midnight) as ms
 /// since the Unix epoch, UTC.
 pub fn parse_iso_ms(s: &str) -> Result<u64, String> {
-    let err = || format!("{s:?} is neither a seq nor an ISO 8601 UTC time like 2024-05-01T12:00:00Z");
+    let err =
+        || format!("{s:?} is neither a seq nor an ISO 8601 UTC time like 2024-05-01T12:00:00Z");
     let s = s.trim();
     let body = s
         .strip_suffix('Z')
@@ -59,7 +60,10 @@ pub fn parse_iso_ms(s: &str) -> Result<u64, String> {
         if v.is_empty() || !v.bytes().all(|b| b.is_ascii_digit()) {
             return Err(err());
         }
-        v.parse::<u64>().ok().filter(|n| (lo..=hi).contains(n)).ok_or_else(err)
+        v.parse::<u64>()
+            .ok()
+            .filter(|n| (lo..=hi).contains(n))
+            .ok_or_else(err)
     };
     let (y, mo, da) = (num(y, 1970, 9999)?, num(mo, 1, 12)?, num(da, 1, 31)?);
     let (mut h, mut mi, mut sec, mut ms) = (0, 0, 0, 0);
@@ -69,7 +73,8 @@ pub fn parse_iso_ms(s: &str) -> Result<u64, String> {
             None => (t, None),
         };
         let mut parts = hms.split(':');
-        let (Some(hh), Some(mm), ss, None) = (parts.next(), parts.next(), parts.next(), parts.next())
+        let (Some(hh), Some(mm), ss, None) =
+            (parts.next(), parts.next(), parts.next(), parts.next())
         else {
             return Err(err());
         };
@@ -106,12 +111,24 @@ mod tests {
 
     #[test]
     fn round_trips_with_core_iso() {
-        for ms in [0, 1_714_521_600_000, 1_714_521_600_123, 951_782_400_000, 4_102_444_799_999] {
+        for ms in [
+            0,
+            1_714_521_600_000,
+            1_714_521_600_123,
+            951_782_400_000,
+            4_102_444_799_999,
+        ] {
             assert_eq!(parse_iso_ms(&amisim_core::time::iso(ms)).unwrap(), ms);
         }
         assert_eq!(parse_iso_ms("2024-05-01").unwrap(), 1_714_521_600_000);
-        assert_eq!(parse_iso_ms("2024-05-01T00:00:00+00:00").unwrap(), 1_714_521_600_000);
-        assert_eq!(parse_iso_ms("2024-05-01T00:00:00.5Z").unwrap(), 1_714_521_600_500);
+        assert_eq!(
+            parse_iso_ms("2024-05-01T00:00:00+00:00").unwrap(),
+            1_714_521_600_000
+        );
+        assert_eq!(
+            parse_iso_ms("2024-05-01T00:00:00.5Z").unwrap(),
+            1_714_521_600_500
+        );
     }
 
     #[test]
@@ -121,7 +138,14 @@ mod tests {
             "2024-05-01T00:00:00Z".parse::<Point>().unwrap(),
             Point::SimTime(1_714_521_600_000)
         );
-        for bad in ["", "x", "2024-13-01", "2024-05-01T25:00:00Z", "2024-05-01T00:00:00.Z", "-1"] {
+        for bad in [
+            "",
+            "x",
+            "2024-13-01",
+            "2024-05-01T25:00:00Z",
+            "2024-05-01T00:00:00.Z",
+            "-1",
+        ] {
             assert!(bad.parse::<Point>().is_err(), "{bad}");
         }
     }

@@ -1,0 +1,156 @@
+//! `amisim audit`: the auditor's offline tools on a region's data directory (the node must be
+//! stopped: sled locks the directory while a node runs; use the `Audit` gRPC service online).
+//!
+//! - `verify`: the hash chain from seq 1 and every signed digest; exit 1 naming the first seq
+//!   that is altered, missing (also a truncated tail, via the digests) or out of place.
+//! - `public-key`: the node's ed25519 public key, to keep off the machine and pin in `verify`.
+//!
+//! Also the process-wide `--digest-every` setting the nodes of `dev` and `region` sign with.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use amisim_log::{SledLog, SledOptions};
+use amisim_region::audit;
+use anyhow::Context;
+use serde_json::json;
+
+/// Digest interval of the nodes this process starts (set from `--digest-every`).
+static DIGEST_EVERY: AtomicU64 = AtomicU64::new(audit::DEFAULT_DIGEST_EVERY);
+
+pub fn set_digest_every(every: u64) {
+    DIGEST_EVERY.store(every.max(1), Ordering::Relaxed);
+}
+
+pub fn digest_every() -> u64 {
+    DIGEST_EVERY.load(Ordering::Relaxed)
+}
+
+/// Audit a region's log offline: verify it, export its signing key.
+#[derive(Debug, clap::Args)]
+pub struct AuditArgs {
+    #[command(subcommand)]
+    pub command: AuditCommand,
+}
+
+#[derive(Debug, clap::Subcommand)]
+pub enum AuditCommand {
+    Verify(VerifyArgs),
+    PublicKey(PublicKeyArgs),
+}
+
+/// Verify a region's log: the hash chain from seq 1, then the signed digests (which show a
+/// truncated tail). Exit 1 naming the first seq that is altered, missing or out of place.
+#[derive(Debug, clap::Args)]
+pub struct VerifyArgs {
+    /// The region's data directory (for `amisim dev`: DATA/<region>).
+    #[arg(long, env = "AMISIM_DATA", value_name = "DIR")]
+    pub data: PathBuf,
+
+    /// The region's public key as exported earlier (`amisim audit public-key`, 64 hex digits).
+    /// Default: the key in DIR (which an attacker with the disk could have replaced).
+    #[arg(long, value_name = "HEX")]
+    pub public_key: Option<String>,
+
+    /// Output: one line, or a JSON object.
+    #[arg(long, value_enum, default_value_t = crate::replay::Format::Table)]
+    pub format: crate::replay::Format,
+}
+
+/// Print a region node's ed25519 public key (hex), which signs its log digests.
+#[derive(Debug, clap::Args)]
+pub struct PublicKeyArgs {
+    /// The region's data directory.
+    #[arg(long, env = "AMISIM_DATA", value_name = "DIR")]
+    pub data: PathBuf,
+}
+
+pub fn run(args: AuditArgs) -> anyhow::Result<()> {
+    match args.command {
+        AuditCommand::Verify(a) => verify(a),
+        AuditCommand::PublicKey(a) => {
+            let key = audit::read_signing_key(&a.data)?.with_context(|| {
+                format!(
+                    "no signing key in {} (a node creates {} at its first start)",
+                    a.data.display(),
+                    audit::SIGNING_KEY_FILE
+                )
+            })?;
+            println!("{}", hex::encode(key.verifying_key().as_bytes()));
+            Ok(())
+        }
+    }
+}
+
+/// Opens a stopped region's log read-only in spirit (nothing is written), without verifying.
+pub fn open_log(dir: &Path) -> anyhow::Result<SledLog> {
+    anyhow::ensure!(
+        dir.is_dir(),
+        "no event log at {}: not a directory",
+        dir.display()
+    );
+    let opts = SledOptions {
+        verify_on_open: false,
+        ..SledOptions::default()
+    };
+    SledLog::open(dir, opts).with_context(|| {
+        format!(
+            "cannot open the event log at {} (is a node still running on it?)",
+            dir.display()
+        )
+    })
+}
+
+fn verify(args: VerifyArgs) -> anyhow::Result<()> {
+    let dir = &args.data;
+    let log = open_log(dir)?;
+    let key = match &args.public_key {
+        Some(hex_key) => Some(audit::parse_public_key(hex_key)?),
+        None => audit::read_signing_key(dir)?.map(|k| k.verifying_key()),
+    };
+    let digests = audit::read_digests(dir)?;
+    let report = audit::verify_log(&log, &digests, key.as_ref())?;
+    let pinned = args.public_key.is_some();
+    match args.format {
+        crate::replay::Format::Json => println!(
+            "{}",
+            serde_json::to_string_pretty(&json!({
+                "ok": report.ok,
+                "head_seq": report.head.seq,
+                "head_hash": hex::encode(report.head.hash),
+                "first_bad_seq": report.first_bad_seq,
+                "reason": report.reason,
+                "digests": digests.len(),
+                "digests_checked": report.digests_checked,
+                "last_digest_seq": report.last_digest_seq,
+                "public_key_pinned": pinned,
+            }))?
+        ),
+        crate::replay::Format::Table if report.ok => {
+            println!(
+                "ok: hash chain verified from seq 1 to {} (hash {}); {} signed digest(s) \
+                 verified{}, last at seq {}",
+                report.head.seq,
+                hex::encode(report.head.hash),
+                report.digests_checked,
+                if pinned { " with the given key" } else { "" },
+                report.last_digest_seq
+            );
+            if key.is_none() {
+                println!(
+                    "warning: no signing key in {}: digests not checked",
+                    dir.display()
+                );
+            }
+        }
+        crate::replay::Format::Table => {}
+    }
+    match report.first_bad_seq {
+        None => Ok(()),
+        Some(seq) => anyhow::bail!(
+            "the event log at {} is not intact: first bad seq {seq}: {}",
+            dir.display(),
+            report.reason
+        ),
+    }
+}
