@@ -715,29 +715,44 @@ pub fn stop_instances(
             return Err(incorrect_state(&i.instance_id, "stopped"));
         }
     }
-    let mut events = Vec::new();
-    let mut changes = Vec::new();
-    for i in insts {
-        if i.state == InstanceState::Running {
-            events.push(transition(
-                i,
-                ctx,
-                InstanceState::Stopping,
-                InstanceState::Stopped,
-                ctx.config.instance_stop_ms,
-                true,
-            ));
-            changes.push(change(&i.instance_id, i.state, InstanceState::Stopping));
-        } else {
-            changes.push(change(&i.instance_id, i.state, i.state));
-        }
-    }
+    let ms = ctx.config.instance_stop_ms;
+    let (events, changes) = move_all(
+        insts,
+        ctx,
+        InstanceState::Running,
+        (InstanceState::Stopping, InstanceState::Stopped),
+        ms,
+        true,
+    );
     Ok(Decision::new(
         events,
         Reply::StopInstances(pb::StopInstancesResponse {
             stopping_instances: changes,
         }),
     ))
+}
+
+/// Moves every instance in state `from` to `via` (and on to `to` after `ms`); the others are
+/// reported unchanged. Shared by StopInstances and StartInstances.
+fn move_all(
+    insts: Vec<&Instance>,
+    ctx: &Ctx<'_>,
+    from: InstanceState,
+    (via, to): (InstanceState, InstanceState),
+    ms: u64,
+    user_initiated: bool,
+) -> (Vec<Payload>, Vec<pb::InstanceStateChange>) {
+    let mut events = Vec::new();
+    let mut changes = Vec::new();
+    for i in insts {
+        if i.state == from {
+            events.push(transition(i, ctx, via, to, ms, user_initiated));
+            changes.push(change(&i.instance_id, i.state, via));
+        } else {
+            changes.push(change(&i.instance_id, i.state, i.state));
+        }
+    }
+    (events, changes)
 }
 
 /// StartInstances: `stopped → pending → running`.
@@ -755,23 +770,15 @@ pub fn start_instances(
             return Err(incorrect_state(&i.instance_id, "started"));
         }
     }
-    let mut events = Vec::new();
-    let mut changes = Vec::new();
-    for i in insts {
-        if i.state == InstanceState::Stopped {
-            events.push(transition(
-                i,
-                ctx,
-                InstanceState::Pending,
-                InstanceState::Running,
-                ctx.config.instance_start_ms,
-                false,
-            ));
-            changes.push(change(&i.instance_id, i.state, InstanceState::Pending));
-        } else {
-            changes.push(change(&i.instance_id, i.state, i.state));
-        }
-    }
+    let ms = ctx.config.instance_start_ms;
+    let (events, changes) = move_all(
+        insts,
+        ctx,
+        InstanceState::Stopped,
+        (InstanceState::Pending, InstanceState::Running),
+        ms,
+        false,
+    );
     Ok(Decision::new(
         events,
         Reply::StartInstances(pb::StartInstancesResponse {
