@@ -26,6 +26,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         // Message types must not need tonic: the stubs are behind the `grpc` feature.
         .server_mod_attribute("amisim.v1", "#[cfg(feature = \"grpc\")]")
         .client_mod_attribute("amisim.v1", "#[cfg(feature = \"grpc\")]")
+        // JSON views (audit records): lower-camel names as in AWS's JSON, behind `serde`.
+        .type_attribute(
+            ".amisim.v1",
+            "#[cfg_attr(feature = \"serde\", derive(serde::Serialize))]\n\
+             #[cfg_attr(feature = \"serde\", serde(rename_all = \"camelCase\"))]",
+        )
         .compile_fds(fds)?;
     Ok(())
 }

@@ -35,11 +35,62 @@ fn busy_port_is_a_runtime_error_and_bad_flags_a_usage_error() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    for sub in ["dev", "region", "coordinator", "replay"] {
-        let out = run_amisim([sub, "--help"]);
-        assert!(out.status.success(), "{sub} --help");
-        assert!(String::from_utf8_lossy(&out.stdout).contains("Usage: amisim"));
+}
+
+/// The subcommands a `--help` output lists under `Commands:` (without clap's `help`).
+fn listed_subcommands(help: &str) -> Vec<String> {
+    help.lines()
+        .skip_while(|l| l.trim() != "Commands:")
+        .skip(1)
+        .take_while(|l| l.starts_with("  "))
+        .filter_map(|l| l.split_whitespace().next())
+        .filter(|name| *name != "help")
+        .map(str::to_string)
+        .collect()
+}
+
+#[test]
+fn every_subcommand_has_help() {
+    let out = run_amisim(["--help"]);
+    assert!(out.status.success());
+    let top = listed_subcommands(&String::from_utf8_lossy(&out.stdout));
+    // The documented commands are all there (a new one is covered by the walk below anyway).
+    for known in [
+        "dev",
+        "region",
+        "coordinator",
+        "copies",
+        "replay",
+        "audit",
+        "bench",
+    ] {
+        assert!(
+            top.iter().any(|c| c == known),
+            "{known} missing from {top:?}"
+        );
     }
+    // Every subcommand, and every subcommand of those (`audit verify`, ...), documents itself.
+    let mut todo: Vec<Vec<String>> = top.into_iter().map(|c| vec![c]).collect();
+    let mut checked = 0;
+    while let Some(path) = todo.pop() {
+        let mut args = path.clone();
+        args.push("--help".into());
+        let out = run_amisim(&args);
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let shown = path.join(" ");
+        assert!(out.status.success(), "amisim {shown} --help failed");
+        assert!(
+            stdout.contains(&format!("Usage: amisim {shown}")),
+            "amisim {shown} --help: {stdout}"
+        );
+        for sub in listed_subcommands(&stdout) {
+            let mut deeper = path.clone();
+            deeper.push(sub);
+            todo.push(deeper);
+        }
+        checked += 1;
+    }
+    assert!(checked >= 9, "only {checked} subcommands checked");
 }
 
 #[test]

@@ -1,6 +1,8 @@
 //! Everything in amisim that makes a run differ from another, put under control (DESIGN.md §5,
-//! STYLE.md 9): the simulated [`clock`] and the [`link`] model between regions; faults on the
-//! links (jitter, loss, partition) and the experiment runner come later, each in its own module.
+//! STYLE.md 9): the simulated [`clock`]; the [`link`] model between regions (latency
+//! distributions, jitter, bandwidth, loss, partitions, timeouts, slow close), changed live
+//! through a [`control::LinkControl`] and applied to the coordinator's channels by the tower
+//! [`layer`]. Node faults and the experiment runner come later, each in its own module.
 //!
 //! Why a crate of its own: region nodes and the coordinator must read time only through a
 //! [`Clock`], so the same code runs against wall time sped up (`scaled`) or against time that
@@ -8,7 +10,11 @@
 //! Likewise every transfer between regions is timed by a [`LinkModel`] the experiment controls.
 
 pub mod clock;
+pub mod control;
+pub mod layer;
 pub mod link;
 
 pub use clock::{wall_now_ms, Clock, ScaledClock, VirtualClock};
-pub use link::{LinkError, LinkModel, LinkSpec, LinkTable};
+pub use control::LinkControl;
+pub use layer::{ChaosLayer, ChaosService};
+pub use link::{seeded_rng, Distribution, LinkError, LinkModel, LinkSpec, LinkTable, COORDINATOR};

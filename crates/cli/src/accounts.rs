@@ -1,7 +1,9 @@
 //! `--accounts FILE`, shared by `region`, `coordinator` and `dev`: the accounts file (TOML; see
 //! [`amisim_core::accounts`] for its shape). With it every call authenticates with
 //! `authorization: Bearer <token>` and organization / OU launch permissions cover the accounts
-//! it places in them; without it the caller is `x-amisim-account` (default `123456789012`).
+//! it places in them; the internal `Region` and `Audit` services take only the `[operator]`
+//! token, which the coordinator sends to the nodes (ADR 0009). Without it the caller is
+//! `x-amisim-account` (default `123456789012`) and nothing is checked.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -12,10 +14,13 @@ use anyhow::Context;
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct AccountsArgs {
-    /// Accounts file (TOML): `[[account]]` entries with `id`, `token` and optional
+    /// Accounts file (TOML): `[operator]` with the `token` of the internal Region and Audit
+    /// services (required), `[[account]]` entries with `id`, `token` and optional
     /// `organization` / `ou`, `[[organization]]` entries with `id` and `management_account`,
     /// optional `[[organizational_unit]]` entries (`id`, `organization`, `parent`). With it,
-    /// every call must carry `authorization: Bearer <token>` and `x-amisim-account` is ignored.
+    /// every call must carry `authorization: Bearer <token>` and `x-amisim-account` is ignored;
+    /// Region and Audit calls need the operator token, which the coordinator sends. Give the
+    /// same file to every region node and the coordinator.
     #[arg(long, env = "AMISIM_ACCOUNTS", value_name = "FILE")]
     pub accounts: Option<PathBuf>,
 }
@@ -43,7 +48,8 @@ pub fn describe(accounts: Option<&Accounts>) -> String {
     match accounts {
         None => "authentication: x-amisim-account (no --accounts)".to_string(),
         Some(a) => format!(
-            "authentication: bearer tokens of {} account(s), {} in an organization",
+            "authentication: bearer tokens of {} account(s), {} in an organization; \
+             Region and Audit need the operator token",
             a.ids().count(),
             a.membership().accounts().count()
         ),
@@ -62,6 +68,9 @@ mod tests {
         std::fs::write(
             &good,
             r#"
+[operator]
+token = "tok-op"
+
 [[organization]]
 id = "o-abcde12345"
 management_account = "999988887777"
@@ -90,6 +99,9 @@ token = "tok-b"
         assert!(e.contains("bad.toml") && e.contains("12 digits"), "{e}");
         std::fs::write(&bad, "[[acount]]\nid = \"1\"\n").unwrap();
         assert!(load(&bad).is_err(), "unknown tables are refused");
+        std::fs::write(&bad, "[[account]]\nid = \"111122223333\"\ntoken = \"x\"\n").unwrap();
+        let e = format!("{:#}", load(&bad).unwrap_err());
+        assert!(e.contains("[operator]"), "the operator token is required: {e}");
         std::fs::remove_dir_all(&dir).ok();
     }
 }

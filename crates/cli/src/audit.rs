@@ -4,11 +4,13 @@
 //! - `verify`: the hash chain from seq 1 and every signed digest; exit 1 naming the first seq
 //!   that is altered, missing (also a truncated tail, via the digests) or out of place.
 //! - `public-key`: the node's ed25519 public key, to keep off the machine and pin in `verify`.
+//! - `lookup`, `export`: the CloudTrail-shaped records ([`crate::trail`], ADR 0007).
 //!
-//! Also the process-wide `--digest-every` setting the nodes of `dev` and `region` sign with.
+//! Also the process-wide `--digest-every` and `--record-reads` settings of the nodes `dev` and
+//! `region` start.
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use amisim_log::{SledLog, SledOptions};
 use amisim_region::audit;
@@ -26,7 +28,19 @@ pub fn digest_every() -> u64 {
     DIGEST_EVERY.load(Ordering::Relaxed)
 }
 
-/// Audit a region's log offline: verify it, export its signing key.
+/// Whether the nodes this process starts record read-only calls (set from `--record-reads`).
+static RECORD_READS: AtomicBool = AtomicBool::new(true);
+
+pub fn set_record_reads(record: bool) {
+    RECORD_READS.store(record, Ordering::Relaxed);
+}
+
+pub fn record_reads() -> bool {
+    RECORD_READS.load(Ordering::Relaxed)
+}
+
+/// Audit a region's logs: verify them, export the signing key, look up and export the
+/// CloudTrail-shaped records of its API calls.
 #[derive(Debug, clap::Args)]
 pub struct AuditArgs {
     #[command(subcommand)]
@@ -37,6 +51,8 @@ pub struct AuditArgs {
 pub enum AuditCommand {
     Verify(VerifyArgs),
     PublicKey(PublicKeyArgs),
+    Lookup(crate::trail::LookupArgs),
+    Export(crate::trail::ExportArgs),
 }
 
 /// Verify a region's log: the hash chain from seq 1, then the signed digests (which show a
@@ -65,9 +81,11 @@ pub struct PublicKeyArgs {
     pub data: PathBuf,
 }
 
-pub fn run(args: AuditArgs) -> anyhow::Result<()> {
+pub async fn run(args: AuditArgs) -> anyhow::Result<()> {
     match args.command {
         AuditCommand::Verify(a) => verify(a),
+        AuditCommand::Lookup(a) => crate::trail::lookup(a).await,
+        AuditCommand::Export(a) => crate::trail::export(a),
         AuditCommand::PublicKey(a) => {
             let key = audit::read_signing_key(&a.data)?.with_context(|| {
                 format!(
@@ -111,6 +129,8 @@ fn verify(args: VerifyArgs) -> anyhow::Result<()> {
     let digests = audit::read_digests(dir)?;
     let report = audit::verify_log(&log, &digests, key.as_ref())?;
     let pinned = args.public_key.is_some();
+    // The request log (ADR 0007): its own hash chain (not covered by the signed digests).
+    let requests = crate::trail::verify_requests(dir);
     match args.format {
         crate::replay::Format::Json => println!(
             "{}",
@@ -124,6 +144,11 @@ fn verify(args: VerifyArgs) -> anyhow::Result<()> {
                 "digests_checked": report.digests_checked,
                 "last_digest_seq": report.last_digest_seq,
                 "public_key_pinned": pinned,
+                "request_log": match &requests {
+                    Ok(Some(head)) => json!({"ok": true, "head_seq": head}),
+                    Ok(None) => serde_json::Value::Null,
+                    Err(e) => json!({"ok": false, "error": format!("{e:#}")}),
+                },
             }))?
         ),
         crate::replay::Format::Table if report.ok => {
@@ -145,8 +170,11 @@ fn verify(args: VerifyArgs) -> anyhow::Result<()> {
         }
         crate::replay::Format::Table => {}
     }
+    if let (crate::replay::Format::Table, Ok(Some(head))) = (args.format, &requests) {
+        println!("ok: request log hash chain verified from seq 1 to {head}");
+    }
     match report.first_bad_seq {
-        None => Ok(()),
+        None => requests.map(|_| ()),
         Some(seq) => anyhow::bail!(
             "the event log at {} is not intact: first bad seq {seq}: {}",
             dir.display(),

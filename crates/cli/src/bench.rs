@@ -23,7 +23,7 @@ use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::future::Future;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -91,9 +91,11 @@ pub struct BenchArgs {
     )]
     pub region: String,
 
-    /// Calls in flight at any time (one per worker).
-    #[arg(long, value_name = "N", default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..=100_000))]
-    pub concurrency: u32,
+    /// Calls in flight at any time (one per worker). A list (`1,64`) repeats the echo
+    /// measurement and every mix at each level; the preload uses the highest.
+    #[arg(long, value_name = "N[,N...]", default_value = "64", value_delimiter = ',',
+          value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    pub concurrency: Vec<u32>,
 
     /// HTTP/2 connections the workers share (round-robin).
     #[arg(long, value_name = "N", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=1024))]
@@ -825,7 +827,7 @@ where
 
 async fn preload(target: &Target, args: &BenchArgs, prefix: String) -> anyhow::Result<Fixture> {
     let accounts = target.accounts.len();
-    let conc = args.concurrency as usize;
+    let conc = args.concurrency.iter().copied().max().unwrap_or(1) as usize;
     let vpa = args.volumes_per_account as usize;
     let az = format!("{}a", args.region);
     let mut fx = Fixture {
@@ -1025,6 +1027,8 @@ struct Phase {
     /// ... and finished.
     finished: AtomicU64,
     page_size: u32,
+    /// This phase's number in the bench (names of new images are unique across phases).
+    number: u32,
 }
 
 impl Phase {
@@ -1067,7 +1071,7 @@ async fn call(p: &Phase, w: &mut WorkerState, op: Op, a: usize) -> Result<(), St
         }
         Op::Register => {
             let snap = pick(&mut w.rng, fx.snapshots.get(a).unwrap_or(&empty))?;
-            let name = format!("{}-w{:03}-{:08}", fx.prefix, w.id, w.n);
+            let name = format!("{}-p{}-w{:03}-{:08}", fx.prefix, p.number, w.id, w.n);
             let req = register_request(name, snap);
             timed(timeout, t.ec2(w.id).register_image(t.req(a, req)))
                 .await
@@ -1128,7 +1132,7 @@ async fn call(p: &Phase, w: &mut WorkerState, op: Op, a: usize) -> Result<(), St
             let req = CopyImageRequest {
                 source_image_id: pick(&mut w.rng, images)?,
                 source_region: t.region.to_str().unwrap_or_default().to_string(),
-                name: format!("{}-c{:03}-{:08}", fx.prefix, w.id, w.n),
+                name: format!("{}-p{}-c{:03}-{:08}", fx.prefix, p.number, w.id, w.n),
                 ..Default::default()
             };
             timed(timeout, t.ec2(w.id).copy_image(t.req(a, req)))
@@ -1172,16 +1176,25 @@ async fn worker(p: Arc<Phase>, id: usize, seed: u64) -> Stats {
     stats
 }
 
+/// What every phase of a bench shares.
+struct Load<'a> {
+    /// Phases started so far.
+    phases: AtomicU32,
+    target: Target,
+    fixture: Arc<Fixture>,
+    args: &'a BenchArgs,
+    seed: u64,
+}
+
 /// Runs one phase at `concurrency` and merges what the workers saw.
 async fn run_phase(
+    load: &Load<'_>,
     label: &str,
-    target: &Target,
-    fixture: &Arc<Fixture>,
     mix: Mix,
     stop: Stop,
-    args: &BenchArgs,
-    seed: u64,
+    concurrency: u32,
 ) -> (Stats, Duration) {
+    let (target, fixture, seed) = (&load.target, &load.fixture, load.seed);
     let bar = match stop {
         Stop::After(n) => progress_bar(n, label),
         Stop::At(t) => {
@@ -1204,7 +1217,8 @@ async fn run_phase(
         stop,
         started: AtomicU64::new(0),
         finished: AtomicU64::new(0),
-        page_size: args.page_size,
+        page_size: load.args.page_size,
+        number: load.phases.fetch_add(1, Ordering::Relaxed),
     });
     let start = Instant::now();
     let ticker = {
@@ -1224,7 +1238,7 @@ async fn run_phase(
         })
     };
     let mut tasks = tokio::task::JoinSet::new();
-    for id in 0..args.concurrency as usize {
+    for id in 0..concurrency as usize {
         tasks.spawn(worker(phase.clone(), id, seed));
     }
     let mut stats = Stats::new();
@@ -1383,7 +1397,11 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     }
     println!(
         "amisim bench: concurrency {}, connections {}, {stop}, echo {}, timeout {}",
-        args.concurrency,
+        args.concurrency
+            .iter()
+            .map(u32::to_string)
+            .collect::<Vec<_>>()
+            .join(","),
         args.connections,
         if all_ops().all(|op| op == Op::Echo) {
             "is the run".to_string()
@@ -1464,52 +1482,70 @@ async fn bench(
         );
     }
 
-    let echo = if args.echo_duration.is_zero() || !needs_preload {
-        None
-    } else {
-        let echo_mix = Mix {
-            entries: vec![(Op::Echo, 1)],
-            total: 1,
-        };
-        let (stats, elapsed) = run_phase(
-            "echo",
-            &target,
-            &fixture,
-            echo_mix,
-            Stop::At(Instant::now() + args.echo_duration),
-            args,
-            seed,
-        )
-        .await;
-        Some(PhaseSummary::of(&stats, elapsed, None))
+    let load = Load {
+        phases: AtomicU32::new(0),
+        target,
+        fixture,
+        args,
+        seed,
     };
+    let mut echoes = Vec::new();
     let mut runs = Vec::new();
-    for (i, mix) in args.mix.iter().enumerate() {
-        let stop = match args.count {
-            Some(n) => Stop::After(n),
-            None => Stop::At(Instant::now() + args.duration),
-        };
-        let label = match args.mix.len() {
-            1 => "run".to_string(),
-            n => format!("run {}/{n}", i + 1),
-        };
-        let (stats, elapsed) =
-            run_phase(&label, &target, &fixture, mix.clone(), stop, args, seed).await;
-        let echo_rate = if mix.only_echo() {
-            let calls: u64 = stats
-                .values()
-                .map(|s| s.ok + s.errors.values().sum::<u64>())
-                .sum();
-            Some(calls as f64 / elapsed.as_secs_f64().max(1e-9))
+    let levels = args.concurrency.len();
+    for &concurrency in &args.concurrency {
+        let echo = if args.echo_duration.is_zero() || !needs_preload {
+            None
         } else {
-            echo.as_ref().map(|e| e.ops_per_s)
+            let echo_mix = Mix {
+                entries: vec![(Op::Echo, 1)],
+                total: 1,
+            };
+            let (stats, elapsed) = run_phase(
+                &load,
+                "echo",
+                echo_mix,
+                Stop::At(Instant::now() + args.echo_duration),
+                concurrency,
+            )
+            .await;
+            let echo = PhaseSummary::of(&stats, elapsed, None);
+            echoes.push(json!({ "concurrency": concurrency, "summary": echo }));
+            Some(echo)
         };
-        let run = PhaseSummary::of(&stats, elapsed, echo_rate);
-        if args.mix.len() > 1 {
-            println!("amisim bench: {label}, mix {mix}");
+        for (i, mix) in args.mix.iter().enumerate() {
+            let stop = match args.count {
+                Some(n) => Stop::After(n),
+                None => Stop::At(Instant::now() + args.duration),
+            };
+            let label = if args.mix.len() == 1 && levels == 1 {
+                "run".to_string()
+            } else {
+                format!("run {}/{}", runs.len() + 1, args.mix.len() * levels)
+            };
+            let (stats, elapsed) = run_phase(&load, &label, mix.clone(), stop, concurrency).await;
+            let echo_rate = if mix.only_echo() {
+                let calls: u64 = stats
+                    .values()
+                    .map(|s| s.ok + s.errors.values().sum::<u64>())
+                    .sum();
+                Some(calls as f64 / elapsed.as_secs_f64().max(1e-9))
+            } else {
+                echo.as_ref().map(|e| e.ops_per_s)
+            };
+            let run = PhaseSummary::of(&stats, elapsed, echo_rate);
+            if args.mix.len() > 1 || levels > 1 {
+                println!(
+                    "amisim bench: {label}, mix {} ({}/{}), concurrency {concurrency}",
+                    mix,
+                    i + 1,
+                    args.mix.len()
+                );
+            }
+            print!("{}", render_table(&run, echo.as_ref()));
+            runs.push(
+                json!({ "mix": mix.to_string(), "concurrency": concurrency, "summary": run }),
+            );
         }
-        print!("{}", render_table(&run, echo.as_ref()));
-        runs.push(json!({ "mix": mix.to_string(), "summary": run }));
     }
     let report = json!({
         "params": {
@@ -1531,7 +1567,7 @@ async fn bench(
             "timeout_s": args.timeout.as_secs_f64(),
         },
         "preload": { "images": preloaded, "seconds": preload_s },
-        "echo": echo,
+        "echo": echoes,
         "runs": runs,
     });
     Ok(report)

@@ -7,7 +7,7 @@
 //! | `coordinator` | [`coordinator`] | the coordinator (gateway, global projection, copy sagas) in front of region nodes given by URL |
 //! | `copies` | [`copies`] | list the copies a coordinator knows (`Coordinator.ListCopies`) |
 //! | `replay` | [`replay`] | verify a region's log and fold it offline: head, digest, resources |
-//! | `audit` | [`audit`] | verify a region's log (hash chain and signed digests), export its public key |
+//! | `audit` | [`audit`], [`trail`] | verify a region's log (hash chain and signed digests), export its public key; look up and export its CloudTrail-shaped records |
 //! | `bench` | [`bench`] | load generator: operation mix, latency percentiles, ratio to bare gRPC |
 //!
 //! Conventions every subcommand keeps, so scripts and tests can drive it:
@@ -30,6 +30,7 @@ mod logging;
 mod region;
 mod replay;
 mod shutdown;
+mod trail;
 
 use std::process::ExitCode;
 
@@ -85,16 +86,18 @@ fn main() -> ExitCode {
         match cli.command {
             Command::Dev(args) => {
                 audit::set_digest_every(args.sim.digest_every);
+                audit::set_record_reads(args.sim.record_reads);
                 dev::run(args).await
             }
             Command::Region(args) => {
                 audit::set_digest_every(args.sim.digest_every);
+                audit::set_record_reads(args.sim.record_reads);
                 region::run(args).await
             }
             Command::Coordinator(args) => coordinator::run(args).await,
             Command::Copies(args) => copies::run(args).await,
             Command::Replay(args) => replay::run(args),
-            Command::Audit(args) => audit::run(args),
+            Command::Audit(args) => audit::run(args).await,
             Command::Bench(args) => bench::run(args).await,
         }
     });

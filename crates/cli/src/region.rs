@@ -69,6 +69,13 @@ pub struct SimArgs {
     #[arg(long, env = "AMISIM_DIGEST_EVERY", default_value_t = amisim_region::audit::DEFAULT_DIGEST_EVERY,
           value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
     pub digest_every: u64,
+
+    /// Record read-only calls (Describe/Get/List) in the request log too, as CloudTrail does;
+    /// every other call (writes, failures, denials, DryRun) is always recorded. The request log
+    /// is DATA/requests (ADR 0007).
+    #[arg(long, env = "AMISIM_RECORD_READS", default_value_t = true, value_name = "BOOL",
+          action = clap::ArgAction::Set)]
+    pub record_reads: bool,
 }
 
 fn parse_time_scale(s: &str) -> Result<f64, String> {
@@ -119,9 +126,25 @@ pub fn start_node(
         known.push(name.to_string());
     }
     cfg.core.known_regions = known;
+    // The request log (ADR 0007): CloudTrail-shaped records of every API call, beside the
+    // state log, never in it.
+    let requests_dir = dir.join(amisim_region::audit::REQUESTS_DIR);
+    let requests = SledLog::open(&requests_dir, SledOptions::default()).with_context(|| {
+        format!(
+            "cannot open the request log of {name} at {}",
+            requests_dir.display()
+        )
+    })?;
     let node =
         RegionNode::start(cfg, log).with_context(|| format!("cannot start region {name}"))?;
     node.attach_audit(audit_trail);
+    let recorder = amisim_region::audit::RequestRecorder::start(
+        name,
+        Arc::new(requests),
+        crate::audit::record_reads(),
+    )
+    .with_context(|| format!("cannot start the request recorder of {name}"))?;
+    node.attach_requests(recorder);
     Ok(node)
 }
 

@@ -28,7 +28,6 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use amisim_proto::region_client::RegionClient;
 use amisim_proto::{Event, EventRef, GetRegionInfoRequest, StreamEventsRequest};
 use futures::{FutureExt, StreamExt};
 use rand::{Rng, SeedableRng};
@@ -38,7 +37,8 @@ use tokio::task::JoinHandle;
 use tonic::transport::Channel;
 use tracing::Instrument;
 
-use crate::gateway::RegionRoutes;
+use crate::gateway::{RegionChannel, RegionRoutes};
+use crate::operator::OperatorAuth;
 use crate::projection::Projection;
 
 /// Largest event message a follower decodes (64 MiB; events are far smaller, but a refusal
@@ -232,22 +232,33 @@ impl FollowerSet {
         let projection = Arc::new(Projection::new(routes.regions()));
         let sources = routes
             .regions()
-            .filter_map(|r| routes.get(r).map(|c| (r.to_string(), c.clone())));
-        Self::spawn(projection, sources, config)
+            .filter_map(|r| routes.channel(r).map(|c| (r.to_string(), c)));
+        Self::spawn_as(projection, sources, config, routes.operator().clone())
     }
 
     /// Starts one follower per `(region, channel)` feeding `projection`. Needs a tokio runtime.
     pub fn spawn(
         projection: Arc<Projection>,
-        sources: impl IntoIterator<Item = (String, Channel)>,
+        sources: impl IntoIterator<Item = (String, impl Into<RegionChannel>)>,
         config: FollowerConfig,
     ) -> Result<FollowerSet, FollowerError> {
-        let mut checked: BTreeMap<String, Channel> = BTreeMap::new();
+        Self::spawn_as(projection, sources, config, OperatorAuth::none())
+    }
+
+    /// As [`FollowerSet::spawn`], every call to the nodes authenticating with `auth` (the
+    /// operator token, needed when the nodes have an accounts file; ADR 0009).
+    pub fn spawn_as(
+        projection: Arc<Projection>,
+        sources: impl IntoIterator<Item = (String, impl Into<RegionChannel>)>,
+        config: FollowerConfig,
+        auth: OperatorAuth,
+    ) -> Result<FollowerSet, FollowerError> {
+        let mut checked: BTreeMap<String, RegionChannel> = BTreeMap::new();
         for (region, channel) in sources {
             if !projection.follows(&region) {
                 return Err(FollowerError::NotInProjection(region));
             }
-            if checked.insert(region.clone(), channel).is_some() {
+            if checked.insert(region.clone(), channel.into()).is_some() {
                 return Err(FollowerError::Duplicate(region));
             }
         }
@@ -265,6 +276,7 @@ impl FollowerSet {
                 ),
                 region: region.clone(),
                 channel,
+                auth: auth.clone(),
                 projection: projection.clone(),
                 config: config.clone(),
                 link: link_tx,
@@ -337,7 +349,8 @@ enum End {
 
 struct Follower {
     region: String,
-    channel: Channel,
+    channel: RegionChannel,
+    auth: OperatorAuth,
     projection: Arc<Projection>,
     config: FollowerConfig,
     backoff: Backoff,
@@ -379,8 +392,8 @@ impl Follower {
         if *self.shutdown.borrow() {
             return End::Shutdown;
         }
-        let mut client =
-            RegionClient::new(self.channel.clone()).max_decoding_message_size(MAX_EVENT_BYTES);
+        let mut client = crate::operator::region_client(self.channel.clone(), self.auth.clone())
+            .max_decoding_message_size(MAX_EVENT_BYTES);
         let timeout = self.config.rpc_timeout;
         let info = tokio::select! {
             r = tokio::time::timeout(timeout, client.get_region_info(GetRegionInfoRequest {})) => r,

@@ -75,15 +75,29 @@ pub enum GatewayError {
 
 /// Region name → channel to the node serving it. Channels connect lazily and reconnect on their
 /// own, so the gateway starts before its regions and survives their restarts.
+///
+/// The routes also hold the coordinator's own credential towards the nodes' internal services
+/// ([`RegionRoutes::with_operator`], ADR 0009): [`RegionRoutes::region_client`] sends it; the
+/// gateway, which forwards the client's calls, never does.
 #[derive(Clone, Default)]
 pub struct RegionRoutes {
     routes: BTreeMap<String, Channel>,
+    operator: crate::operator::OperatorAuth,
+    /// The coordinator↔region link faults applied by [`RegionRoutes::channel`] (ADR 0008).
+    chaos: Option<amisim_chaos::LinkControl>,
+    /// One layer per region: its seeded draw stream is shared by every call to the region.
+    layers: BTreeMap<String, amisim_chaos::ChaosLayer>,
 }
+
+/// A channel to a region node as the coordinator uses it: through the chaos layer
+/// ([`amisim_chaos::layer`]) when the routes have a link control, else straight.
+pub type RegionChannel = amisim_chaos::ChaosService<Channel>;
 
 impl fmt::Debug for RegionRoutes {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("RegionRoutes")
             .field("regions", &self.regions().collect::<Vec<_>>())
+            .field("operator", &self.operator)
             .finish()
     }
 }
@@ -153,6 +167,61 @@ impl RegionRoutes {
 
     pub fn get(&self, region: &str) -> Option<&Channel> {
         self.routes.get(region)
+    }
+
+    /// Applies the coordinator↔region links of `control` ([`amisim_chaos::COORDINATOR`]) to
+    /// every channel handed out by [`RegionRoutes::channel`] and [`RegionRoutes::region_client`]
+    /// (ADR 0008).
+    pub fn with_chaos(mut self, control: amisim_chaos::LinkControl) -> Self {
+        self.layers = self
+            .routes
+            .keys()
+            .map(|r| (r.clone(), amisim_chaos::ChaosLayer::new(control.clone(), r)))
+            .collect();
+        self.chaos = Some(control);
+        self
+    }
+
+    /// The link control applied to the channels, if any.
+    pub fn chaos(&self) -> Option<&amisim_chaos::LinkControl> {
+        self.chaos.as_ref()
+    }
+
+    /// The channel to `region` as the followers, the saga driver and the gateway use it: through
+    /// the chaos layer when the routes have a link control ([`RegionRoutes::get`] is the raw one).
+    pub fn channel(&self, region: &str) -> Option<RegionChannel> {
+        let raw = self.routes.get(region)?.clone();
+        Some(match (&self.chaos, self.layers.get(region)) {
+            (Some(_), Some(layer)) => tower::Layer::layer(layer, raw),
+            (Some(control), None) => {
+                // A route inserted after `with_chaos`: a layer of its own.
+                let layer = amisim_chaos::ChaosLayer::new(control.clone(), region);
+                tower::Layer::layer(&layer, raw)
+            }
+            (None, _) => amisim_chaos::ChaosService::direct(raw),
+        })
+    }
+
+    /// The coordinator's own calls to the nodes' `Region` service authenticate with `auth`
+    /// (the operator token of the accounts file; ADR 0009).
+    pub fn with_operator(mut self, auth: crate::operator::OperatorAuth) -> Self {
+        self.operator = auth;
+        self
+    }
+
+    /// The credential of the coordinator's own calls to the nodes.
+    pub fn operator(&self) -> &crate::operator::OperatorAuth {
+        &self.operator
+    }
+
+    /// A `Region` client of `region`'s node that authenticates as the operator (if the routes
+    /// have a token), or `None` if the region is not routed.
+    pub fn region_client(&self, region: &str) -> Option<crate::operator::OperatorRegionClient> {
+        let channel = self.channel(region)?;
+        Some(crate::operator::region_client(
+            channel,
+            self.operator.clone(),
+        ))
     }
 }
 
@@ -275,7 +344,7 @@ impl Inner {
         );
         async move {
             let region = region.unwrap_or_else(|e| e);
-            let Some(channel) = self.routes.get(&region) else {
+            let Some(mut channel) = self.routes.channel(&region) else {
                 tracing::info!("rejected: unknown region");
                 return error_response(
                     Code::InvalidArgument,
@@ -284,7 +353,6 @@ impl Inner {
                     request_id.as_deref(),
                 );
             };
-            let mut channel = channel.clone();
             let sent = async {
                 futures::future::poll_fn(|cx| channel.poll_ready(cx)).await?;
                 channel.call(req).await

@@ -22,6 +22,8 @@
 //!
 //! - [`follower`] + [`projection`]: the causal global projection, one follower per region log;
 //! - [`service`]: the `amisim.v1.Coordinator` service (global reads, digests, `ListCopies`);
+//! - [`operator`]: the operator token the coordinator sends on its own calls to the nodes'
+//!   internal `Region` service when there is an accounts file (ADR 0009);
 //! - [`saga`]: the copy saga driver — watches the projection and drives every CopyImage /
 //!   CopySnapshot through its idempotent steps on the source and destination nodes;
 //! - [`server`]: [`run_coordinator`], everything above wired on one listener, as
@@ -29,6 +31,7 @@
 
 pub mod follower;
 pub mod gateway;
+pub mod operator;
 pub mod projection;
 pub mod saga;
 pub mod server;
@@ -36,6 +39,7 @@ pub mod service;
 
 pub use follower::{FollowerConfig, FollowerMonitor, FollowerSet, FollowerStatus};
 pub use gateway::{serve_gateway, Gateway, GatewayError, KmsGateway, RegionRoutes};
+pub use operator::{OperatorAuth, OperatorRegionClient};
 pub use projection::{ConsistencyToken, Projection, ProjectionSnapshot};
 pub use saga::{SagaConfig, SagaDriver, SagaMonitor, SagaStatus};
 pub use server::{run_coordinator, CoordinatorConfig, ServerError};

@@ -43,10 +43,9 @@ use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use amisim_chaos::{LinkModel, LinkTable};
+use amisim_chaos::{LinkControl, LinkModel};
 use amisim_core::copy::{CopyKind, CopyPhase, CopyTask};
 use amisim_core::State;
-use amisim_proto::region_client::RegionClient;
 use amisim_proto::{
     CopySourceRead, EventRef, GetRegionInfoRequest, LinkParams, SagaStep, SagaStepResponse,
 };
@@ -100,10 +99,21 @@ impl Default for SagaConfig {
     }
 }
 
-/// The `LinkParams` of a StartCopy step from a link model.
+/// The `LinkParams` of a StartCopy step from a link model (its fixed latency).
 pub fn link_params(model: LinkModel) -> LinkParams {
     LinkParams {
         latency_ms: model.latency_ms,
+        bandwidth_bytes_per_s: model.bandwidth_bytes_per_s,
+    }
+}
+
+/// The `LinkParams` of one copy's StartCopy: the latency drawn from the pair's model with the
+/// copy's own stream (`copy/<copy id>`), so a copy gets the same transfer time on every retry
+/// and in every replay of the same seed.
+pub fn sampled_link_params(links: &LinkControl, model: LinkModel, copy_id: &str) -> LinkParams {
+    let mut rng = links.rng(&format!("copy/{copy_id}"));
+    LinkParams {
+        latency_ms: model.sample_latency_ms(&mut rng),
         bandwidth_bytes_per_s: model.bandwidth_bytes_per_s,
     }
 }
@@ -188,7 +198,7 @@ struct Board {
 struct Shared {
     projection: Arc<Projection>,
     routes: RegionRoutes,
-    links: LinkTable,
+    links: LinkControl,
     config: SagaConfig,
     board: Mutex<Board>,
 }
@@ -239,8 +249,7 @@ impl SagaMonitor {
     /// answer within `timeout` or is not routed. For progress figures: the projection itself has
     /// no clock.
     pub async fn region_now_ms(&self, region: &str, timeout: Duration) -> Option<u64> {
-        let channel = self.shared.routes.get(region)?.clone();
-        let mut client = RegionClient::new(channel);
+        let mut client = self.shared.routes.region_client(region)?;
         match tokio::time::timeout(timeout, client.get_region_info(GetRegionInfoRequest {})).await {
             Ok(Ok(r)) => {
                 let r = r.into_inner();
@@ -253,6 +262,11 @@ impl SagaMonitor {
     /// The link model of a pair, as the driver uses it.
     pub fn link(&self, from: &str, to: &str) -> LinkModel {
         self.shared.links.get(from, to)
+    }
+
+    /// The live link table the driver uses.
+    pub fn links(&self) -> LinkControl {
+        self.shared.links.clone()
     }
 }
 
@@ -277,17 +291,18 @@ impl std::fmt::Debug for SagaDriver {
 
 impl SagaDriver {
     /// Starts the driver over `projection` (fed by followers), sending steps to the nodes of
-    /// `routes`, timing transfers with `links`. Needs a tokio runtime.
+    /// `routes`, timing transfers with `links` (a [`LinkControl`] shared with the `Chaos`
+    /// service, or a plain [`amisim_chaos::LinkTable`]). Needs a tokio runtime.
     pub fn spawn(
         projection: Arc<Projection>,
         routes: RegionRoutes,
-        links: LinkTable,
+        links: impl Into<LinkControl>,
         config: SagaConfig,
     ) -> SagaDriver {
         let shared = Arc::new(Shared {
             projection,
             routes,
-            links,
+            links: links.into(),
             config,
             board: Mutex::new(Board {
                 running: true,
@@ -617,8 +632,11 @@ impl Worker {
                         d.step = DriveStep::BackingOff;
                         d.last_error = Some(why);
                     });
+                    // A link change (a partition healed) ends the wait early.
+                    let mut links = self.shared.links.changes();
                     tokio::select! {
                         _ = tokio::time::sleep(delay) => {}
+                        _ = links.changed() => {}
                         _ = stopped(&mut self.shutdown) => {}
                     }
                 }
@@ -670,7 +688,30 @@ impl Worker {
         };
         self.shared
             .update(&task.copy_id, |d| d.step = DriveStep::Starting);
-        let link = (src != self.dest).then(|| link_params(self.shared.links.get(src, &self.dest)));
+        let link = if src != self.dest {
+            // The transfer crosses the link: a partition stalls the copy (retried until it
+            // heals, never failed); a lost transfer is retried like a failed call.
+            let model = self.shared.links.get(src, &self.dest);
+            if model.partitioned {
+                return Err(format!(
+                    "link {src} -> {} is partitioned; the transfer waits for it to heal",
+                    self.dest
+                ));
+            }
+            let mut rng = self
+                .shared
+                .links
+                .rng(&format!("copy/{}/attempt/{attempt}", task.copy_id));
+            if model.sample_lost(&mut rng) {
+                return Err(format!(
+                    "transfer over {src} -> {} lost (loss {}); retrying",
+                    self.dest, model.loss
+                ));
+            }
+            Some(sampled_link_params(&self.shared.links, model, &task.copy_id))
+        } else {
+            None
+        };
         let step = task.start_step(source, link, vec![read_at]);
         let dest = self.dest.clone();
         let r = self.send(&dest, step, "start", attempt).await?;
@@ -685,11 +726,11 @@ impl Worker {
         what: &str,
         attempt: u32,
     ) -> Result<SagaStepResponse, String> {
-        let channel = self
+        // Authenticates as the operator when the routes carry its token (ADR 0009).
+        let mut client = self
             .shared
             .routes
-            .get(region)
-            .cloned()
+            .region_client(region)
             .ok_or_else(|| format!("region {region} is not routed by this coordinator"))?;
         let mut request = tonic::Request::new(step);
         // The request id names the copy, the step and the attempt: it lands in the envelopes.
@@ -699,7 +740,6 @@ impl Worker {
         }
         self.shared.board().steps_sent += 1;
         let timeout = self.shared.config.rpc_timeout;
-        let mut client = RegionClient::new(channel);
         let call = tokio::time::timeout(timeout, client.execute_saga_step(request));
         let answer = tokio::select! {
             a = call => a,

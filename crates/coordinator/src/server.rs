@@ -32,7 +32,9 @@ pub struct CoordinatorConfig {
     pub drive_sagas: bool,
     /// The accounts file (default none): the Coordinator service then authenticates every call
     /// with `authorization: Bearer <token>` and resolves org/OU launch permissions with it. The
-    /// gateway forwards `authorization` untouched; the region nodes check it themselves.
+    /// gateway forwards `authorization` untouched; the region nodes check it themselves. The
+    /// coordinator's own calls to the nodes (followers, saga steps, ListCopies' clock probe)
+    /// send its `[operator]` token, which the nodes' `Region` service requires (ADR 0009).
     pub accounts: Option<std::sync::Arc<amisim_core::Accounts>>,
 }
 
@@ -81,14 +83,25 @@ pub async fn run_coordinator(
     if routes.is_empty() {
         return Err(ServerError::NoRoutes);
     }
+    // The nodes' internal services take only the operator token of the accounts file: the
+    // followers and the saga driver send it (ADR 0009).
+    let routes = match &config.accounts {
+        Some(a) => routes.with_operator(crate::operator::OperatorAuth::from_accounts(a)),
+        None => routes,
+    };
     config.links.validate()?;
+    // The live link table (ADR 0008): the saga driver times transfers with it, the chaos layer
+    // applies its coordinator↔region links to every channel, the `Chaos` service changes it.
+    // Its draws replay from the saga seed (the run's seed).
+    let links = amisim_chaos::LinkControl::new(config.links.clone(), config.sagas.seed);
+    let routes = routes.with_chaos(links.clone());
     let followers = FollowerSet::follow_routes(&routes, config.followers)?;
     let projection = followers.projection();
     let sagas = config.drive_sagas.then(|| {
         SagaDriver::spawn(
             projection.clone(),
             routes.clone(),
-            config.links,
+            links.clone(),
             config.sagas,
         )
     });

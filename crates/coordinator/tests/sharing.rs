@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use amisim_chaos::{Clock, VirtualClock};
 use amisim_coordinator::{run_coordinator, CoordinatorConfig, FollowerConfig, RegionRoutes};
-use amisim_core::accounts::{AccountEntry, AccountsFile, OrganizationEntry};
+use amisim_core::accounts::{AccountEntry, AccountsFile, OperatorEntry, OrganizationEntry};
 use amisim_core::Accounts;
 use amisim_log::{EventLog, MemoryLog};
 use amisim_proto::coordinator_client::CoordinatorClient;
@@ -48,6 +48,9 @@ fn accounts() -> Arc<Accounts> {
                 management_account: "999988887777".into(),
             }],
             organizational_units: vec![],
+            operator: Some(OperatorEntry {
+                token: "tok-operator".into(),
+            }),
         })
         .unwrap(),
     )

@@ -6,13 +6,20 @@
 //!   every account below it. Decisions and reads get it through [`crate::Ctx`] /
 //!   [`crate::ReadCtx`]; without an accounts file it is empty and org/OU grants cover nobody.
 //! - [`Accounts`] is the parsed accounts file (`--accounts FILE`): the token of each account
-//!   (the gRPC edges authenticate `authorization: Bearer <token>` with it) and the membership.
+//!   (the gRPC edges authenticate `authorization: Bearer <token>` with it), the membership, and
+//!   the operator token (ADR 0009): the internal `Region` and `Audit` services of a node accept
+//!   only that one, and the coordinator sends it on every call it makes to a node.
 //!   [`AccountsFile`] is its serde shape; reading and TOML decoding are the caller's (this crate
 //!   does no I/O).
 //!
 //! The file, in TOML:
 //!
 //! ```toml
+//! # Required: the operator credential of the internal services (Region, Audit). Not an
+//! # account: it opens no Ec2 or Kms call, and no account token opens an internal service.
+//! [operator]
+//! token = "a-long-random-secret"
+//!
 //! [[organization]]
 //! id = "o-abcde12345"
 //! management_account = "111122223333"
@@ -163,6 +170,26 @@ pub struct AccountsFile {
     pub organizations: Vec<OrganizationEntry>,
     #[serde(default, rename = "organizational_unit")]
     pub organizational_units: Vec<OuEntry>,
+    /// `[operator]`: required (a file without it is refused).
+    #[serde(default)]
+    pub operator: Option<OperatorEntry>,
+}
+
+/// `[operator]`: the credential of the internal services (ADR 0009).
+#[derive(Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OperatorEntry {
+    /// The bearer token of the `Region` and `Audit` services (non-empty visible ASCII, no
+    /// account's token).
+    pub token: String,
+}
+
+impl fmt::Debug for OperatorEntry {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("OperatorEntry")
+            .field("token", &"<redacted>")
+            .finish()
+    }
 }
 
 /// `[[account]]`: an account, its token, and optionally its organization and OU.
@@ -224,6 +251,8 @@ pub struct Accounts {
     tokens: BTreeMap<String, String>,
     accounts: BTreeSet<String>,
     membership: Membership,
+    /// The `[operator]` token (always set in an `Accounts` built by [`Accounts::from_file`]).
+    operator: Option<String>,
 }
 
 impl fmt::Debug for Accounts {
@@ -236,6 +265,25 @@ impl fmt::Debug for Accounts {
     }
 }
 
+/// The EC2 message of a refused credential.
+const AUTH_FAILURE: &str = "AWS was not able to validate the provided access credentials";
+
+/// The token of an `authorization` value `Bearer <token>` (scheme case-insensitive).
+fn bearer(header: Option<&str>) -> Option<&str> {
+    let (scheme, token) = header?.trim().split_once(' ')?;
+    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
+}
+
+/// Equality in time independent of where the strings differ (lengths may leak; tokens are
+/// secrets of the deployment, their lengths are not).
+fn same_secret(a: &str, b: &str) -> bool {
+    a.len() == b.len()
+        && a.bytes()
+            .zip(b.bytes())
+            .fold(0u8, |acc, (x, y)| acc | (x ^ y))
+            == 0
+}
+
 /// Why an accounts file was refused: the message names the entry.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{0}")]
@@ -245,7 +293,7 @@ impl Accounts {
     /// Checks and indexes a parsed file: 12-digit account ids, each once; non-empty tokens of
     /// visible ASCII, each once; organization and OU ids well formed and declared; OU parents in
     /// the same organization and without cycles; a management account listed as an account is in
-    /// its organization.
+    /// its organization; an `[operator]` token, non-empty visible ASCII and no account's.
     pub fn from_file(file: AccountsFile) -> Result<Accounts, AccountsError> {
         let err = |m: String| Err(AccountsError(m));
         let mut orgs: BTreeMap<String, String> = BTreeMap::new();
@@ -402,6 +450,24 @@ impl Accounts {
                 },
             );
         }
+        let Some(operator) = file.operator else {
+            return err(
+                "[operator] token = \"...\" is missing: with an accounts file the internal Region \
+                 and Audit services accept only the operator token, and the coordinator sends it \
+                 to the region nodes"
+                    .into(),
+            );
+        };
+        if operator.token.is_empty() || !operator.token.bytes().all(|b| b.is_ascii_graphic()) {
+            return err("[operator]: the token must be non-empty visible ASCII (no spaces)".into());
+        }
+        if let Some(account) = accounts.tokens.get(&operator.token) {
+            return err(format!(
+                "[operator]: its token is also account {account}'s: the operator token must \
+                 be its own"
+            ));
+        }
+        accounts.operator = Some(operator.token);
         Ok(accounts)
     }
 
@@ -414,16 +480,30 @@ impl Accounts {
     /// case-insensitive). A missing header, another scheme or an unknown token is `AuthFailure`
     /// with EC2's message, whatever else the request says.
     pub fn authenticate_header(&self, header: Option<&str>) -> Result<&str, Ec2Error> {
-        let token = header.and_then(|h| {
-            let (scheme, token) = h.trim().split_once(' ')?;
-            scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
-        });
-        token.and_then(|t| self.authenticate(t)).ok_or_else(|| {
-            Ec2Error::new(
+        bearer(header)
+            .and_then(|t| self.authenticate(t))
+            .ok_or_else(|| Ec2Error::new(ErrorCode::AuthFailure, AUTH_FAILURE))
+    }
+
+    /// The `[operator]` token, which the coordinator sends to the internal services.
+    pub fn operator_token(&self) -> Option<&str> {
+        self.operator.as_deref()
+    }
+
+    /// Checks that an `authorization` header value is `Bearer <operator token>` (the only
+    /// credential of the internal `Region` and `Audit` services). Anything else — none, another
+    /// scheme, an account's token — is `AuthFailure`.
+    pub fn authenticate_operator_header(&self, header: Option<&str>) -> Result<(), Ec2Error> {
+        match (bearer(header), self.operator.as_deref()) {
+            (Some(given), Some(want)) if same_secret(given, want) => Ok(()),
+            _ => Err(Ec2Error::new(
                 ErrorCode::AuthFailure,
-                "AWS was not able to validate the provided access credentials",
-            )
-        })
+                format!(
+                    "{AUTH_FAILURE}: this internal service accepts only the operator token \
+                     ([operator] in the accounts file)"
+                ),
+            )),
+        }
     }
 
     /// True if the file lists `account`.
@@ -466,6 +546,9 @@ mod tests {
                 management_account: MGMT.into(),
             }],
             organizational_units: ous,
+            operator: Some(OperatorEntry {
+                token: "op-secret".into(),
+            }),
         }
     }
 
@@ -553,6 +636,68 @@ mod tests {
         ] {
             let e = a.authenticate_header(bad).unwrap_err();
             assert_eq!(e.code, ErrorCode::AuthFailure, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn only_the_operator_token_opens_the_internal_services() {
+        let a = Accounts::from_file(file(
+            vec![account("111122223333", "t1", None, None)],
+            vec![],
+        ))
+        .unwrap();
+        assert_eq!(a.operator_token(), Some("op-secret"));
+        assert_eq!(
+            a.authenticate_operator_header(Some("Bearer op-secret")),
+            Ok(())
+        );
+        assert_eq!(
+            a.authenticate_operator_header(Some(" bearer op-secret ")),
+            Ok(())
+        );
+        for bad in [
+            None,
+            Some(""),
+            Some("op-secret"),
+            Some("Basic op-secret"),
+            Some("Bearer t1"),
+            Some("Bearer op-secre"),
+            Some("Bearer op-secretx"),
+        ] {
+            let e = a.authenticate_operator_header(bad).unwrap_err();
+            assert_eq!(e.code, ErrorCode::AuthFailure, "{bad:?}");
+        }
+        // The operator is no account: its token opens no Ec2 call.
+        assert_eq!(a.authenticate("op-secret"), None);
+        assert!(a.authenticate_header(Some("Bearer op-secret")).is_err());
+        assert!(
+            !format!("{a:?}").contains("op-secret"),
+            "Debug never shows it"
+        );
+        assert!(!format!("{:?}", file(vec![], vec![])).contains("op-secret"));
+        // An empty Accounts (no file was checked) lets nobody in.
+        assert!(Accounts::default()
+            .authenticate_operator_header(Some("Bearer "))
+            .is_err());
+    }
+
+    #[test]
+    fn the_operator_token_is_required_and_its_own() {
+        let mut f = file(vec![account("111122223333", "t1", None, None)], vec![]);
+        f.operator = None;
+        let e = Accounts::from_file(f).unwrap_err();
+        assert!(e.0.contains("[operator]"), "{e}");
+        for (token, want) in [
+            ("", "non-empty"),
+            ("has space", "non-empty"),
+            ("t1", "111122223333"),
+        ] {
+            let mut f = file(vec![account("111122223333", "t1", None, None)], vec![]);
+            f.operator = Some(OperatorEntry {
+                token: token.into(),
+            });
+            let e = Accounts::from_file(f).unwrap_err();
+            assert!(e.0.contains(want), "{e} should mention {want:?}");
         }
     }
 

@@ -805,6 +805,9 @@ impl State {
             Payload::EbsEncryptionByDefaultChanged(_) | Payload::EbsDefaultKmsKeyChanged(_) => {
                 crate::encryption::apply(self, p)
             }
+            // A request record (ADR 0007) lives in the separate request log and changes no
+            // state; should one ever reach a state log, folding ignores it.
+            Payload::ApiCallRecorded(_) => {}
             Payload::TagsCreated(e) => {
                 for id in &e.resource_ids {
                     if let Some(tags) = self.tags_mut(id) {

@@ -12,6 +12,10 @@
 //!   from the nearest one, not from seq 1.
 //! - [`stream`] — server-side filters of `Audit.StreamEvents`.
 //! - [`time`] — a point in history: a seq or an ISO 8601 simulated time.
+//! - [`requests`] — request records (ADR 0007): the CloudTrail-shaped record of every API
+//!   call, queued off the request path into the node's separate request log.
+//! - [`lookup`] — LookupEvents and export over the request log and the state log's
+//!   `SystemTransition` records.
 //! - [`service`] — the `Audit` gRPC service (`audit.proto`).
 //!
 //! A node gets its [`AuditTrail`] from [`RegionNode::attach_audit`](crate::RegionNode) (the CLI
@@ -23,6 +27,8 @@
 
 pub mod as_of;
 pub mod digest;
+pub mod lookup;
+pub mod requests;
 pub mod service;
 pub mod stream;
 pub mod time;
@@ -36,6 +42,8 @@ pub use digest::{
     parse_public_key, read_digests, read_signing_key, DigestRecord, DigestSigner, DigestingLog,
     DEFAULT_DIGEST_EVERY, DIGESTS_FILE, SIGNING_KEY_FILE,
 };
+pub use lookup::{Attribute, Export, Lookup, LookupError, Record};
+pub use requests::{ApiCall, RequestRecorder, REQUESTS_DIR};
 pub use service::AuditService;
 pub use time::{parse_iso_ms, Point};
 pub use verify::{verify_log, VerifyReport};

@@ -11,6 +11,7 @@ use tonic::metadata::{AsciiMetadataValue, MetadataMap};
 use tonic::{Code, Request, Response, Status};
 use tracing::Instrument;
 
+use crate::audit::requests::{to_json, ApiCall, RequestRecorder};
 use crate::RegionNode;
 
 /// Request metadata: the caller's 12-digit account (without an accounts file).
@@ -114,15 +115,83 @@ pub fn parse_consistency_token(token: &str) -> Option<(&str, u64)> {
 #[derive(Debug, Clone)]
 pub struct Ec2Service {
     node: Arc<RegionNode>,
+    /// The `eventSource` of its request records (the Kms service reuses these helpers).
+    event_source: &'static str,
 }
 
 impl Ec2Service {
     pub fn new(node: Arc<RegionNode>) -> Self {
-        Ec2Service { node }
+        Ec2Service {
+            node,
+            event_source: crate::audit::requests::EC2_SOURCE,
+        }
+    }
+
+    /// The same calls, recorded with another `eventSource` (e.g. `kms.amazonaws.com`).
+    pub fn with_event_source(mut self, event_source: &'static str) -> Self {
+        self.event_source = event_source;
+        self
+    }
+
+    /// The request record of a call, up to its outcome (ADR 0007); `None` when the call is not
+    /// recorded (a read with `--record-reads false`, or no recorder).
+    fn begin_record<Req: serde::Serialize>(
+        &self,
+        request: &Request<Req>,
+        account: &Result<String, Ec2Error>,
+        request_id: &str,
+        read_only: bool,
+    ) -> Option<(Arc<RequestRecorder>, ApiCall)> {
+        let recorder = self.node.requests()?;
+        if read_only && !recorder.record_reads() {
+            return None;
+        }
+        let md = request.metadata();
+        let claimed_account = match (account, self.node.accounts()) {
+            (Err(_), None) => md
+                .get(ACCOUNT_KEY)
+                .and_then(|v| v.to_str().ok())
+                .and_then(ApiCall::claim),
+            _ => None,
+        };
+        let call = ApiCall {
+            event_source: self.event_source,
+            read_only,
+            account_id: account.as_ref().ok().cloned(),
+            claimed_account,
+            request_id: request_id.to_string(),
+            source_ip: request.remote_addr().map(|a| a.ip().to_string()),
+            user_agent: md
+                .get("user-agent")
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string),
+            request_parameters: to_json(request.get_ref()),
+            ..ApiCall::default()
+        };
+        Some((recorder, call))
+    }
+
+    /// Completes a record with the call's outcome and queues it (never waits).
+    fn end_record(
+        &self,
+        record: Option<(Arc<RequestRecorder>, ApiCall)>,
+        action: &'static str,
+        outcome: Result<Option<serde_json::Value>, &Ec2Error>,
+    ) {
+        let Some((recorder, mut call)) = record else {
+            return;
+        };
+        call.event_name = action;
+        call.time_ms = self.node.now_ms();
+        match outcome {
+            Ok(response) => call.response_elements = response,
+            Err(e) => call.error = Some((e.code.as_str().to_string(), e.message.clone())),
+        }
+        recorder.record(call);
     }
 
     /// A write: authentication, the writer, the reply with its request id and consistency token.
-    pub(crate) async fn write<Req, Resp>(
+    pub(crate) async fn write<Req: serde::Serialize, Resp: serde::Serialize>(
         &self,
         request: Request<Req>,
         command: fn(Req) -> Command,
@@ -130,10 +199,17 @@ impl Ec2Service {
     ) -> Result<Response<Resp>, Status> {
         let request_id = request_id_from_metadata(request.metadata());
         let account = authenticate(request.metadata(), self.node.accounts().map(|a| &**a));
+        let record = self.begin_record(&request, &account, &request_id, false);
         let body = request.into_inner();
         let command = command(body);
         let action = command.action();
         let span = request_span(&self.node, account.as_deref().ok(), &request_id, action);
+        // Recorded even if the client goes away mid-call (then as `RequestCanceled`).
+        let mut record = PendingRecord {
+            service: self,
+            record,
+            action,
+        };
         async move {
             let outcome = async {
                 let account = account?;
@@ -142,6 +218,11 @@ impl Ec2Service {
                 Ok::<_, Ec2Error>((body, seq))
             }
             .await;
+            self.end_record(
+                record.record.take(),
+                action,
+                outcome.as_ref().map(|(body, _)| Some(to_json(body))),
+            );
             match outcome {
                 Ok((body, seq)) => {
                     tracing::debug!(seq, "request succeeded");
@@ -163,7 +244,7 @@ impl Ec2Service {
     }
 
     /// A read: authentication, the published state, the answer with its request id.
-    pub(crate) fn read<Req, Resp>(
+    pub(crate) fn read<Req: serde::Serialize, Resp>(
         &self,
         request: Request<Req>,
         query: fn(Req) -> Query,
@@ -174,10 +255,13 @@ impl Ec2Service {
         let account = authenticate(request.metadata(), self.node.accounts().map(|a| &**a));
         let span = request_span(&self.node, account.as_deref().ok(), &request_id, action);
         let _entered = span.enter();
+        let record = self.begin_record(&request, &account, &request_id, true);
         let outcome = account.and_then(|account| {
             let answer = self.node.query(&account, query(request.into_inner()))?;
             pick(answer).ok_or_else(|| mismatch(action))
         });
+        // Reads: `responseElements` is null (CloudTrail's rule).
+        self.end_record(record, action, outcome.as_ref().map(|_| None));
         match outcome {
             Ok(body) => {
                 tracing::debug!("request succeeded");
@@ -186,6 +270,31 @@ impl Ec2Service {
                 Ok(response)
             }
             Err(e) => Err(failed(&e, &request_id)),
+        }
+    }
+}
+
+/// The record of a write until its outcome is known. Dropped before that (the client canceled
+/// the call, so tonic dropped the handler), it records the call as `RequestCanceled`: the
+/// command may still have been decided, which the state log shows.
+struct PendingRecord<'a> {
+    service: &'a Ec2Service,
+    record: Option<(Arc<RequestRecorder>, ApiCall)>,
+    action: &'static str,
+}
+
+impl Drop for PendingRecord<'_> {
+    fn drop(&mut self) {
+        if let Some((recorder, mut call)) = self.record.take() {
+            call.event_name = self.action;
+            call.time_ms = self.service.node.now_ms();
+            call.error = Some((
+                "RequestCanceled".to_string(),
+                "The client canceled the call before its outcome was known; the command may \
+                 still have been applied (see the state log)"
+                    .to_string(),
+            ));
+            recorder.record(call);
         }
     }
 }

@@ -22,7 +22,7 @@ pub struct KmsService {
 impl KmsService {
     pub fn new(node: Arc<RegionNode>) -> Self {
         KmsService {
-            calls: Ec2Service::new(node),
+            calls: Ec2Service::new(node).with_event_source(crate::audit::requests::KMS_SOURCE),
         }
     }
 }

@@ -31,6 +31,8 @@
 //! - [`ec2_service`] — the `Ec2` service, metadata conventions and [`status_from_ec2`].
 //! - [`kms_service`] — the `Kms` service (the region's KMS keys), on the same conventions.
 //! - [`region_service`] — the `Region` service (info, event stream, state digest).
+//! - [`internal_auth`] — with an accounts file, `Region` and `Audit` take only the operator
+//!   token (ADR 0009).
 //! - [`server`] — [`serve`] on a caller-bound listener with health and reflection.
 //! - [`error`] — [`RegionError`].
 //!
@@ -40,6 +42,7 @@ pub mod audit;
 pub mod config;
 pub mod ec2_service;
 pub mod error;
+pub mod internal_auth;
 pub mod kms_service;
 pub mod node;
 pub mod region_service;
@@ -53,6 +56,7 @@ pub use ec2_service::{
     CONSISTENCY_TOKEN_KEY, DEFAULT_ACCOUNT, ERROR_CODE_KEY, REQUEST_ID_KEY,
 };
 pub use error::RegionError;
+pub use internal_auth::{check_operator, OperatorCheck};
 pub use kms_service::KmsService;
 pub use node::{replay, replay_to, RegionNode};
 pub use region_service::RegionService;

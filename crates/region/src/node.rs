@@ -36,6 +36,8 @@ pub struct RegionNode {
     membership: Arc<Membership>,
     /// The audit trail (signed digests, as-of checkpoints); see [`RegionNode::attach_audit`].
     audit: OnceLock<Arc<crate::audit::AuditTrail>>,
+    /// The request recorder (ADR 0007); see [`RegionNode::attach_requests`].
+    requests: OnceLock<Arc<crate::audit::RequestRecorder>>,
 }
 
 impl std::fmt::Debug for RegionNode {
@@ -125,6 +127,7 @@ impl RegionNode {
             accounts: cfg.accounts,
             membership,
             audit: OnceLock::new(),
+            requests: OnceLock::new(),
         }))
     }
 
@@ -185,6 +188,29 @@ impl RegionNode {
         self.audit
             .get_or_init(|| Arc::new(crate::audit::AuditTrail::new()))
             .clone()
+    }
+
+    /// Attaches the node's request recorder (at most once, before serving; e.g. one on a
+    /// `SledLog` in `<data>/requests`). Returns false if the node already has one.
+    pub fn attach_requests(&self, recorder: Arc<crate::audit::RequestRecorder>) -> bool {
+        self.requests.set(recorder).is_ok()
+    }
+
+    /// The node's request recorder; without an attached one, an in-memory request log that
+    /// records reads too (a node on a `MemoryLog`). `None` only if its thread cannot start.
+    pub fn requests(&self) -> Option<Arc<crate::audit::RequestRecorder>> {
+        if let Some(r) = self.requests.get() {
+            return Some(r.clone());
+        }
+        let log: Arc<dyn EventLog> = Arc::new(amisim_log::MemoryLog::new());
+        match crate::audit::RequestRecorder::start(&self.region, log, true) {
+            Ok(r) => Some(self.requests.get_or_init(|| r).clone()),
+            Err(e) => {
+                tracing::error!(region = %self.region, error = %e,
+                    "cannot start the request recorder; API calls are not recorded");
+                None
+            }
+        }
     }
 
     /// What the writer is doing now.
@@ -253,6 +279,10 @@ impl RegionNode {
         if let Some(handle) = handle {
             // The thread has reported its end; joining only reaps it.
             let _ = tokio::task::spawn_blocking(move || handle.join()).await;
+        }
+        // Records of the calls answered so far reach the request log before the process ends.
+        if let Some(recorder) = self.requests.get() {
+            recorder.flush().await;
         }
         // A clean stop signs the final head, so a tail cut off later is detected.
         if let Some(signer) = self.audit.get().and_then(|a| a.signer().cloned()) {

@@ -9,6 +9,7 @@ use amisim_proto::ec2_server::Ec2Server;
 use amisim_proto::kms_server::KmsServer;
 use amisim_proto::region_server::RegionServer;
 use tokio_stream::wrappers::TcpListenerStream;
+use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Server;
 use tonic_health::ServingStatus;
 
@@ -24,6 +25,9 @@ pub const MAX_MESSAGE_BYTES: usize = 4 * 1024 * 1024;
 /// and the server (`""`) as SERVING, and turns `amisim.v1.Ec2`, `amisim.v1.Kms` and `""` to
 /// NOT_SERVING if the node fail-stops (reads of the last durable state and the log stream keep
 /// working). Reflection (v1 and v1alpha) describes every amisim service.
+///
+/// With an accounts file (`RegionConfig::accounts`), `Region` and `Audit` calls must carry
+/// `authorization: Bearer <operator token>` ([`OperatorCheck`](crate::OperatorCheck)).
 pub async fn serve(
     node: Arc<RegionNode>,
     listener: tokio::net::TcpListener,
@@ -74,12 +78,20 @@ pub async fn serve(
         shutdown.await;
         closing_tx.send_replace(true);
     };
-    let audit = AuditServer::new(
-        crate::audit::AuditService::new(node.clone()).with_closing(closing.clone()),
-    )
-    .max_decoding_message_size(MAX_MESSAGE_BYTES);
-    let region = RegionServer::new(RegionService::new(node.clone()).with_closing(closing))
-        .max_decoding_message_size(MAX_MESSAGE_BYTES);
+    // With an accounts file, the internal services take only the operator token (ADR 0009).
+    let operator = crate::OperatorCheck::new(node.region(), node.accounts().cloned());
+    let audit = InterceptedService::new(
+        AuditServer::new(
+            crate::audit::AuditService::new(node.clone()).with_closing(closing.clone()),
+        )
+        .max_decoding_message_size(MAX_MESSAGE_BYTES),
+        operator.clone(),
+    );
+    let region = InterceptedService::new(
+        RegionServer::new(RegionService::new(node.clone()).with_closing(closing))
+            .max_decoding_message_size(MAX_MESSAGE_BYTES),
+        operator,
+    );
     let addr = listener.local_addr().ok();
     tracing::info!(region = %node.region(), addr = ?addr, "region node serving gRPC");
     let served = Server::builder()

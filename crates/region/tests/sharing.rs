@@ -7,7 +7,7 @@ mod common;
 use std::sync::Arc;
 
 use amisim_chaos::{Clock, VirtualClock};
-use amisim_core::accounts::{AccountEntry, AccountsFile, OrganizationEntry};
+use amisim_core::accounts::{AccountEntry, AccountsFile, OperatorEntry, OrganizationEntry};
 use amisim_core::Accounts;
 use amisim_log::{EventLog, MemoryLog};
 use amisim_proto::ec2_client::Ec2Client;
@@ -43,6 +43,9 @@ fn accounts() -> Arc<Accounts> {
                 management_account: MGMT.into(),
             }],
             organizational_units: vec![],
+            operator: Some(OperatorEntry {
+                token: "tok-operator".into(),
+            }),
         })
         .unwrap(),
     )

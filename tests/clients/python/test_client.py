@@ -286,6 +286,9 @@ def test_share_an_image_and_launch_it_as_the_grantee(stub):
 
 
 ACCOUNTS_TOML = """
+[operator]
+token = "py-operator-token"
+
 [[organization]]
 id = "o-abcde12345"
 management_account = "999988887777"

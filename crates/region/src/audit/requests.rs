@@ -1,0 +1,550 @@
+//! Request records (ADR 0007): a CloudTrail-shaped record of every API call made to the node,
+//! kept in a separate hash-chained request log, written off the request path.
+//!
+//! The `Ec2` and `Kms` services hand an [`ApiCall`] to the node's [`RequestRecorder`] once the
+//! call's outcome is known (success, EC2/KMS error, `AuthFailure`, `DryRunOperation`). The
+//! recorder only queues it (an unbounded channel: a request never waits for the disk); its
+//! background thread takes up to [`MAX_RECORDS_PER_FLUSH`] queued calls at a time, builds their
+//! CloudTrail JSON and appends them as [`ApiCallRecorded`] events to the request log with one
+//! flush. [`RequestRecorder::flush`] waits until everything queued before it is durable
+//! (`Audit.LookupEvents` calls it first, so an auditor sees every earlier call; tests use it
+//! as the "recorder is idle" hook).
+//!
+//! The event times of the request log never decrease (the recorder clamps a call that
+//! completed a little before the previous one was queued), so time ranges are binary searches.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use amisim_log::{Event, EventLog, LogError};
+use amisim_proto::event::Payload;
+use amisim_proto::{ApiCallRecorded, ApiCallResource};
+use serde_json::{json, Map, Value};
+use tokio::sync::{mpsc, watch};
+
+/// `eventVersion` of every record.
+pub const EVENT_VERSION: &str = "1.11";
+/// `eventSource` of the `Ec2` service.
+pub const EC2_SOURCE: &str = "ec2.amazonaws.com";
+/// `eventSource` of the `Kms` service.
+pub const KMS_SOURCE: &str = "kms.amazonaws.com";
+/// The sub-directory of a node's data directory that holds its request log.
+pub const REQUESTS_DIR: &str = "requests";
+/// At most this many records go into one append (one flush) of the request log.
+pub const MAX_RECORDS_PER_FLUSH: usize = 256;
+/// At most this many resources are listed per record.
+const MAX_RESOURCES: usize = 50;
+/// A claimed (unauthenticated) account id longer than this is cut.
+const MAX_CLAIMED_ACCOUNT: usize = 64;
+
+/// One API call and its outcome, as the gRPC edge saw it.
+#[derive(Debug, Clone, Default)]
+pub struct ApiCall {
+    /// `ec2.amazonaws.com` or `kms.amazonaws.com`.
+    pub event_source: &'static str,
+    /// The action, e.g. `RegisterImage`.
+    pub event_name: &'static str,
+    pub read_only: bool,
+    /// The authenticated account, or `None` if authentication failed.
+    pub account_id: Option<String>,
+    /// When authentication failed: the account the caller claimed (`x-amisim-account`), if any.
+    pub claimed_account: Option<String>,
+    pub request_id: String,
+    /// The peer address.
+    pub source_ip: Option<String>,
+    /// The gRPC `user-agent` header.
+    pub user_agent: Option<String>,
+    /// The request message as lower-camel JSON.
+    pub request_parameters: Value,
+    /// The response message (successful writes only).
+    pub response_elements: Option<Value>,
+    /// The error code and message of a failed call.
+    pub error: Option<(String, String)>,
+    /// Simulated completion time, ms since the Unix epoch.
+    pub time_ms: u64,
+}
+
+impl ApiCall {
+    /// The claimed account of an unauthenticated call, cut to a sane length.
+    pub fn claim(value: &str) -> Option<String> {
+        let v: String = value.chars().take(MAX_CLAIMED_ACCOUNT).collect();
+        (!v.is_empty()).then_some(v)
+    }
+
+    fn username(&self) -> String {
+        self.account_id
+            .clone()
+            .or_else(|| self.claimed_account.clone())
+            .unwrap_or_default()
+    }
+}
+
+/// A message as JSON for a record: lower-camel names (the `serde` feature of `amisim-proto`),
+/// without unset values (proto3 defaults: `""`, `0`, `false`, `[]`, and `{}`, `null`), as
+/// CloudTrail leaves out parameters a caller did not give.
+pub fn to_json<T: serde::Serialize>(message: &T) -> Value {
+    match serde_json::to_value(message) {
+        Ok(v) => prune(v),
+        Err(e) => json!({ "amisimError": format!("cannot render the message as JSON: {e}") }),
+    }
+}
+
+fn prune(v: Value) -> Value {
+    match v {
+        Value::Object(m) => Value::Object(
+            m.into_iter()
+                .map(|(k, v)| (k, prune(v)))
+                .filter(|(_, v)| !is_empty(v))
+                .collect(),
+        ),
+        Value::Array(a) => Value::Array(a.into_iter().map(prune).collect()),
+        v => v,
+    }
+}
+
+fn is_empty(v: &Value) -> bool {
+    match v {
+        Value::Null => true,
+        Value::String(s) => s.is_empty(),
+        Value::Array(a) => a.is_empty(),
+        Value::Object(m) => m.is_empty(),
+        Value::Bool(b) => !b,
+        Value::Number(n) => n.as_f64() == Some(0.0),
+    }
+}
+
+/// `YYYY-MM-DDTHH:MM:SSZ`, CloudTrail's `eventTime` form.
+pub fn event_time(ms: u64) -> String {
+    let iso = amisim_core::time::iso(ms);
+    match iso.split_once('.') {
+        Some((secs, _)) => format!("{secs}Z"),
+        None => iso,
+    }
+}
+
+/// The resources a record names: every id-shaped string under a key ending in `Id`/`Ids`
+/// (`imageId`, `sourceSnapshotId`, `instanceIds`, …) of the request and the response, typed by
+/// prefix, and KMS keys under `keyId` / `kmsKeyId` / `targetKeyId` (aliases are not keys).
+/// In order of appearance, without duplicates.
+pub fn resources_of(values: &[&Value]) -> Vec<(String, String)> {
+    let mut out: Vec<(String, String)> = Vec::new();
+    for v in values {
+        walk(v, None, &mut out);
+    }
+    out
+}
+
+fn walk(v: &Value, key: Option<&str>, out: &mut Vec<(String, String)>) {
+    match v {
+        Value::Object(m) => {
+            for (k, v) in m {
+                walk(v, Some(k), out);
+            }
+        }
+        Value::Array(a) => {
+            for v in a {
+                walk(v, key, out);
+            }
+        }
+        Value::String(s) => {
+            if let Some(typed) = key.and_then(|k| classify(k, s)) {
+                if out.len() < MAX_RESOURCES && !out.contains(&typed) {
+                    out.push(typed);
+                }
+            }
+        }
+        _ => {}
+    }
+}
+
+fn classify(key: &str, value: &str) -> Option<(String, String)> {
+    if matches!(key, "keyId" | "kmsKeyId" | "targetKeyId") {
+        if value.is_empty() || value.starts_with("alias/") || value.contains(":alias/") {
+            return None;
+        }
+        let id = value
+            .rsplit_once(":key/")
+            .map(|(_, id)| id)
+            .unwrap_or(value);
+        return Some(("AWS::KMS::Key".to_string(), id.to_string()));
+    }
+    if !(key.ends_with("Id") || key.ends_with("Ids")) {
+        return None;
+    }
+    let (prefix, rest) = value.split_once('-')?;
+    let kind = match prefix {
+        "ami" => "AWS::EC2::Image",
+        "snap" => "AWS::EC2::Snapshot",
+        "vol" => "AWS::EC2::Volume",
+        "i" => "AWS::EC2::Instance",
+        _ => return None,
+    };
+    (!rest.is_empty() && rest.len() <= 32 && rest.bytes().all(|b| b.is_ascii_alphanumeric()))
+        .then(|| (kind.to_string(), value.to_string()))
+}
+
+/// The ARN of a resource in a record's `resources`.
+fn arn(region: &str, account: &str, kind: &str, id: &str) -> String {
+    match kind {
+        "AWS::EC2::Image" => format!("arn:aws:ec2:{region}::image/{id}"),
+        "AWS::EC2::Snapshot" => format!("arn:aws:ec2:{region}::snapshot/{id}"),
+        "AWS::EC2::Volume" => format!("arn:aws:ec2:{region}:{account}:volume/{id}"),
+        "AWS::EC2::Instance" => format!("arn:aws:ec2:{region}:{account}:instance/{id}"),
+        "AWS::KMS::Key" => format!("arn:aws:kms:{region}:{account}:key/{id}"),
+        _ => id.to_string(),
+    }
+}
+
+/// The record's `resources` array.
+pub fn resources_json(region: &str, account: &str, resources: &[(String, String)]) -> Value {
+    Value::Array(
+        resources
+            .iter()
+            .map(|(kind, id)| {
+                let mut m = Map::new();
+                if !account.is_empty() {
+                    m.insert("accountId".into(), json!(account));
+                }
+                m.insert("type".into(), json!(kind));
+                m.insert("ARN".into(), json!(arn(region, account, kind, id)));
+                Value::Object(m)
+            })
+            .collect(),
+    )
+}
+
+/// The CloudTrail record of `call` (with its `eventID`), and its event for the request log.
+pub fn record_event(region: &str, call: &ApiCall, event_id: &str, wall_time_ms: u64) -> Event {
+    let account = call.account_id.clone().unwrap_or_default();
+    let user_identity = match &call.account_id {
+        Some(a) => json!({
+            "type": "Root",
+            "principalId": a,
+            "arn": format!("arn:aws:iam::{a}:root"),
+            "accountId": a,
+        }),
+        None => match &call.claimed_account {
+            Some(claimed) => json!({ "type": "Unknown", "accountId": claimed }),
+            None => json!({ "type": "Unknown" }),
+        },
+    };
+    let mut sources = vec![&call.request_parameters];
+    if let Some(r) = &call.response_elements {
+        sources.push(r);
+    }
+    let resources = resources_of(&sources);
+    let mut m = Map::new();
+    m.insert("eventVersion".into(), json!(EVENT_VERSION));
+    m.insert("userIdentity".into(), user_identity);
+    m.insert("eventTime".into(), json!(event_time(call.time_ms)));
+    m.insert("eventSource".into(), json!(call.event_source));
+    m.insert("eventName".into(), json!(call.event_name));
+    m.insert("awsRegion".into(), json!(region));
+    m.insert("sourceIPAddress".into(), json!(call.source_ip));
+    m.insert("userAgent".into(), json!(call.user_agent));
+    if let Some((code, message)) = &call.error {
+        m.insert("errorCode".into(), json!(code));
+        m.insert("errorMessage".into(), json!(message));
+    }
+    m.insert("requestParameters".into(), call.request_parameters.clone());
+    m.insert(
+        "responseElements".into(),
+        call.response_elements.clone().unwrap_or(Value::Null),
+    );
+    m.insert("requestID".into(), json!(call.request_id));
+    m.insert("eventID".into(), json!(event_id));
+    m.insert("readOnly".into(), json!(call.read_only));
+    if !resources.is_empty() {
+        m.insert(
+            "resources".into(),
+            resources_json(region, &account, &resources),
+        );
+    }
+    m.insert("eventType".into(), json!("AwsApiCall"));
+    m.insert("managementEvent".into(), json!(true));
+    if !account.is_empty() {
+        m.insert("recipientAccountId".into(), json!(account));
+    }
+    m.insert("eventCategory".into(), json!("Management"));
+    let username = call.username();
+    Event {
+        region: region.to_string(),
+        event_id: event_id.to_string(),
+        sim_time_ms: call.time_ms,
+        wall_time_ms,
+        account_id: username.clone(),
+        request_id: call.request_id.clone(),
+        payload: Some(Payload::ApiCallRecorded(ApiCallRecorded {
+            cloudtrail_json: Value::Object(m).to_string(),
+            event_name: call.event_name.to_string(),
+            event_source: call.event_source.to_string(),
+            account_id: username,
+            read_only: call.read_only,
+            error_code: call
+                .error
+                .as_ref()
+                .map(|(c, _)| c.clone())
+                .unwrap_or_default(),
+            resources: resources
+                .into_iter()
+                .map(|(resource_type, resource_name)| ApiCallResource {
+                    resource_type,
+                    resource_name,
+                })
+                .collect(),
+            event_time_ms: call.time_ms,
+        })),
+        ..Event::default()
+    }
+}
+
+/// The node's request recorder: a queue in front of the request log and the thread that
+/// drains it.
+pub struct RequestRecorder {
+    region: String,
+    log: Arc<dyn EventLog>,
+    record_reads: bool,
+    queue: mpsc::UnboundedSender<ApiCall>,
+    /// Calls queued so far.
+    submitted: AtomicU64,
+    /// Calls handled so far (written, or dropped after a failure), from the thread.
+    handled: watch::Receiver<u64>,
+    /// Why the request log stopped taking records, if it did.
+    failure: Arc<Mutex<Option<String>>>,
+}
+
+impl std::fmt::Debug for RequestRecorder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RequestRecorder")
+            .field("region", &self.region)
+            .field("record_reads", &self.record_reads)
+            .field("submitted", &self.submitted.load(Ordering::Relaxed))
+            .field("handled", &*self.handled.borrow())
+            .finish()
+    }
+}
+
+impl RequestRecorder {
+    /// Starts recording into `log` (the request log: a [`amisim_log::SledLog`] in
+    /// `<data>/requests`, or a [`amisim_log::MemoryLog`]). `record_reads`: also record
+    /// Describe/Get/List calls (CloudTrail does).
+    pub fn start(
+        region: &str,
+        log: Arc<dyn EventLog>,
+        record_reads: bool,
+    ) -> std::io::Result<Arc<RequestRecorder>> {
+        let (queue, rx) = mpsc::unbounded_channel();
+        let (handled_tx, handled) = watch::channel(0u64);
+        let failure = Arc::new(Mutex::new(None));
+        let last_ms = log
+            .read_range(log.head().seq, log.head().seq)
+            .ok()
+            .and_then(|v| v.first().map(|e| e.sim_time_ms))
+            .unwrap_or(0);
+        let drain = Drain {
+            region: region.to_string(),
+            log: log.clone(),
+            rx,
+            handled: handled_tx,
+            failure: failure.clone(),
+            last_ms,
+        };
+        std::thread::Builder::new()
+            .name(format!("amisim-requests-{region}"))
+            .spawn(move || drain.run())?;
+        Ok(Arc::new(RequestRecorder {
+            region: region.to_string(),
+            log,
+            record_reads,
+            queue,
+            submitted: AtomicU64::new(0),
+            handled,
+            failure,
+        }))
+    }
+
+    /// The request log.
+    pub fn log(&self) -> Arc<dyn EventLog> {
+        self.log.clone()
+    }
+
+    /// Whether read-only calls are recorded.
+    pub fn record_reads(&self) -> bool {
+        self.record_reads
+    }
+
+    /// Why recording stopped (a request log append failed), if it did.
+    pub fn failure(&self) -> Option<String> {
+        self.failure.lock().ok().and_then(|f| f.clone())
+    }
+
+    /// Queues a call (never blocks). A read is dropped when reads are not recorded.
+    pub fn record(&self, call: ApiCall) {
+        if call.read_only && !self.record_reads {
+            return;
+        }
+        self.submitted.fetch_add(1, Ordering::SeqCst);
+        if self.queue.send(call).is_err() {
+            // The thread is gone (it only ends when the recorder is dropped).
+            self.submitted.fetch_sub(1, Ordering::SeqCst);
+        }
+    }
+
+    /// Waits until every call queued before this returns is in the request log (or dropped
+    /// after a failure).
+    pub async fn flush(&self) {
+        let target = self.submitted.load(Ordering::SeqCst);
+        let mut handled = self.handled.clone();
+        // An Err means the thread is gone: nothing more will be written.
+        let _ = handled.wait_for(|h| *h >= target).await;
+    }
+}
+
+/// The recorder's thread: batches of queued calls into the request log.
+struct Drain {
+    region: String,
+    log: Arc<dyn EventLog>,
+    rx: mpsc::UnboundedReceiver<ApiCall>,
+    handled: watch::Sender<u64>,
+    failure: Arc<Mutex<Option<String>>>,
+    last_ms: u64,
+}
+
+impl Drain {
+    fn run(mut self) {
+        let mut rng = rand::rng();
+        while let Some(first) = self.rx.blocking_recv() {
+            let mut batch = vec![first];
+            while batch.len() < MAX_RECORDS_PER_FLUSH {
+                match self.rx.try_recv() {
+                    Ok(call) => batch.push(call),
+                    Err(_) => break,
+                }
+            }
+            let n = batch.len() as u64;
+            let failed = self.failure.lock().map(|f| f.is_some()).unwrap_or(true);
+            if !failed {
+                let wall = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map(|d| d.as_millis() as u64)
+                    .unwrap_or(0);
+                let events: Vec<Event> = batch
+                    .iter_mut()
+                    .map(|call| {
+                        // Times never decrease along the log (see the module docs).
+                        self.last_ms = self.last_ms.max(call.time_ms);
+                        call.time_ms = self.last_ms;
+                        let id = amisim_core::ids::generate_uuid(&mut rng);
+                        record_event(&self.region, call, &id, wall)
+                    })
+                    .collect();
+                if let Err(e) = self.log.append(events) {
+                    self.fail(&e);
+                }
+            } else {
+                tracing::warn!(region = %self.region, dropped = n,
+                    "request log failed earlier: API call records dropped");
+            }
+            self.handled.send_modify(|h| *h += n);
+        }
+        tracing::debug!(region = %self.region, "request recorder stopped");
+    }
+
+    fn fail(&self, e: &LogError) {
+        tracing::error!(region = %self.region, error = %e,
+            "cannot append to the request log; API calls are no longer recorded \
+             (the state log is unaffected)");
+        if let Ok(mut f) = self.failure.lock() {
+            *f = Some(e.to_string());
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use amisim_log::MemoryLog;
+
+    fn call(name: &'static str, time_ms: u64) -> ApiCall {
+        ApiCall {
+            event_source: EC2_SOURCE,
+            event_name: name,
+            account_id: Some("123456789012".into()),
+            request_id: "req-1".into(),
+            request_parameters: json!({"imageId": "ami-0123456789abcdef0", "name": "i-am-a-name"}),
+            response_elements: Some(json!({"snapshotIds": ["snap-0123456789abcdef0"]})),
+            time_ms,
+            ..ApiCall::default()
+        }
+    }
+
+    #[test]
+    fn a_record_has_the_cloudtrail_shape() {
+        let e = record_event(
+            "us-east-1",
+            &call("RegisterImage", 1_714_521_600_123),
+            "ev-1",
+            0,
+        );
+        let Some(Payload::ApiCallRecorded(r)) = &e.payload else {
+            panic!("{e:?}")
+        };
+        let v: Value = serde_json::from_str(&r.cloudtrail_json).unwrap();
+        assert_eq!(v["eventVersion"], "1.11");
+        assert_eq!(v["eventTime"], "2024-05-01T00:00:00Z");
+        assert_eq!(v["eventSource"], "ec2.amazonaws.com");
+        assert_eq!(v["userIdentity"]["arn"], "arn:aws:iam::123456789012:root");
+        assert_eq!(v["eventID"], "ev-1");
+        assert_eq!(v["eventType"], "AwsApiCall");
+        assert!(v.get("errorCode").is_none());
+        assert_eq!(v["resources"][0]["type"], "AWS::EC2::Image");
+        assert_eq!(
+            v["resources"][1]["ARN"],
+            "arn:aws:ec2:us-east-1::snapshot/snap-0123456789abcdef0"
+        );
+        assert_eq!(r.resources.len(), 2, "a name is not a resource");
+        assert_eq!(e.account_id, "123456789012");
+    }
+
+    #[test]
+    fn json_leaves_out_empty_values() {
+        let v = to_json(&amisim_proto::DescribeImagesRequest {
+            image_ids: vec!["ami-1".into()],
+            ..Default::default()
+        });
+        assert_eq!(v, json!({"imageIds": ["ami-1"]}));
+    }
+
+    #[test]
+    fn kms_keys_and_aliases() {
+        let r = resources_of(&[&json!({
+            "keyId": "arn:aws:kms:us-east-1:123456789012:key/1234abcd-12ab-34cd-56ef-1234567890ab",
+            "targetKeyId": "alias/mine",
+        })]);
+        assert_eq!(
+            r,
+            vec![(
+                "AWS::KMS::Key".to_string(),
+                "1234abcd-12ab-34cd-56ef-1234567890ab".to_string()
+            )]
+        );
+    }
+
+    #[tokio::test]
+    async fn the_recorder_batches_and_keeps_times_monotonic() {
+        let log = Arc::new(MemoryLog::new());
+        let rec = RequestRecorder::start("us-east-1", log.clone(), false).unwrap();
+        rec.record(call("RegisterImage", 2000));
+        rec.record(call("CreateImage", 1000));
+        rec.record(ApiCall {
+            read_only: true,
+            ..call("DescribeImages", 3000)
+        });
+        rec.flush().await;
+        let events = log.read_range(1, 10).unwrap();
+        assert_eq!(events.len(), 2, "reads are off");
+        assert_eq!(events[0].sim_time_ms, 2000);
+        assert_eq!(events[1].sim_time_ms, 2000, "clamped");
+        assert_eq!(log.verify().unwrap().seq, 2);
+    }
+}
