@@ -13,6 +13,10 @@
 //! 3. **Run**: `--concurrency` workers, each with one call in flight, draw operations from
 //!    `--mix` (seeded RNG) until `--duration` passes or `--count` calls are done.
 //!
+//! Several `--mix` flags run one after the other on the same preload; a list of concurrency
+//! levels (`--concurrency 1,64`) repeats the echo and every mix at each level, so one preload of
+//! a large state gives latency at low load and throughput at high load.
+//!
 //! The report: per operation, calls, errors, ops/s, its ratio to the echo ceiling, and
 //! p50/p99/p99.9/max latency (HDR histograms, microsecond resolution, every call counted: a
 //! fast error is a call too) and the errors by EC2 code (`x-amisim-error-code`; a status

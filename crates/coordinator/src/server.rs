@@ -152,7 +152,8 @@ pub async fn run_coordinator(
         .add_service(Gateway::new(routes))
         .add_service(service.into_server())
         .serve_with_incoming_shutdown(
-            tokio_stream::wrappers::TcpListenerStream::new(listener),
+            // TCP_NODELAY: without it small responses wait ~40 ms for delayed ACKs.
+            tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
             shutdown,
         )
         .await;

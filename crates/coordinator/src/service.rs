@@ -645,7 +645,8 @@ pub async fn serve_coordinator(
         .add_service(reflection_v1alpha)
         .add_service(service.into_server())
         .serve_with_incoming_shutdown(
-            tokio_stream::wrappers::TcpListenerStream::new(listener),
+            // TCP_NODELAY: without it small responses wait ~40 ms for delayed ACKs.
+            tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
             shutdown,
         )
         .await?;

@@ -525,25 +525,6 @@ fn check_name_free(state: &State, owner: &str, name: &str) -> Ec2Result<()> {
     }
 }
 
-/// The AMI quota (as image.rs): pending, available, failed and disabled images count.
-fn check_image_quota(state: &State, ctx: &Ctx<'_>) -> Ec2Result<()> {
-    let owned = state
-        .images
-        .values()
-        .filter(|i| i.owner() == ctx.account_id && i.state != ImageState::Deregistered)
-        .count();
-    if owned >= ctx.config.max_images {
-        return Err(Ec2Error::new(
-            ErrorCode::ResourceLimitExceeded,
-            format!(
-                "You have reached the maximum number of AMIs ({}) for this account in this region.",
-                ctx.config.max_images
-            ),
-        ));
-    }
-    Ok(())
-}
-
 /// A fresh `copy-` + 17 hex digits, unused in this region.
 fn new_copy_id(state: &State, ctx: &mut Ctx<'_>) -> String {
     loop {
@@ -653,7 +634,7 @@ pub fn copy_image(
     check_name_free(state, ctx.account_id, &r.name)?;
     // 11 Quotas.
     check_copy_slots(state, ctx)?;
-    check_image_quota(state, ctx)?;
+    crate::image::check_image_quota(state, ctx)?;
 
     let image_id = ctx.new_id(Kind::Image, state);
     let copy_id = new_copy_id(state, ctx);

@@ -192,12 +192,8 @@ fn check_name_free(state: &State, owner: &str, name: &str) -> Ec2Result<()> {
 
 /// The AMI quota (EC2_SEMANTICS.md §6): pending, available, failed and disabled images count,
 /// deregistered ones do not. [unconfirmed] code `ResourceLimitExceeded`.
-fn check_image_quota(state: &State, ctx: &Ctx<'_>) -> Ec2Result<()> {
-    let owned = state
-        .images
-        .values()
-        .filter(|i| i.owner() == ctx.account_id && i.state != ImageState::Deregistered)
-        .count();
+pub(crate) fn check_image_quota(state: &State, ctx: &Ctx<'_>) -> Ec2Result<()> {
+    let owned = state.images_owned(ctx.account_id);
     if owned >= ctx.config.max_images {
         return Err(Ec2Error::new(
             ErrorCode::ResourceLimitExceeded,

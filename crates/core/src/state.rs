@@ -394,6 +394,9 @@ pub struct State {
     pub client_tokens: OrdMap<(String, String, String), TokenUse>,
     /// Pending timed transitions, ordered by due time.
     pub timers: OrdSet<(u64, Timer)>,
+    /// Images per owner that are not deregistered (the AMI quota), kept so the quota check
+    /// does not scan every image.
+    pub images_per_owner: OrdMap<String, usize>,
     /// Snapshots deleted while `pending`, whose work goes on in the background
     /// (EC2_SEMANTICS.md §3.2): id → (volume id, due time). Until the due time they still count
     /// toward their volume's pending-snapshot limit.
@@ -486,6 +489,9 @@ impl State {
                         },
                     );
                 }
+                if !self.images.contains_key(&e.image_id) {
+                    *self.images_per_owner.entry(e.owner_id.clone()).or_insert(0) += 1;
+                }
                 self.images.insert(
                     e.image_id.clone(),
                     Image {
@@ -518,6 +524,11 @@ impl State {
             }
             Payload::ImageDeregistered(e) => {
                 if let Some(img) = self.images.get_mut(&e.image_id) {
+                    if img.state != ImageState::Deregistered {
+                        if let Some(n) = self.images_per_owner.get_mut(&img.registered.owner_id) {
+                            *n = n.saturating_sub(1);
+                        }
+                    }
                     let at = img.registered.available_at_ms;
                     img.state = ImageState::Deregistered;
                     img.launch_permissions = OrdSet::new();
@@ -832,6 +843,11 @@ impl State {
                 }
             }
         }
+    }
+
+    /// Images `owner` has that are not deregistered (pending, available, failed, disabled).
+    pub fn images_owned(&self, owner: &str) -> usize {
+        self.images_per_owner.get(owner).copied().unwrap_or(0)
     }
 
     /// The tags of any resource, by id.
