@@ -28,8 +28,8 @@ use amisim_proto::coordinator_server::{Coordinator, CoordinatorServer};
 use amisim_proto::{
     DescribeGlobalImagesRequest, DescribeGlobalImagesResponse, DescribeGlobalSnapshotsRequest,
     DescribeGlobalSnapshotsResponse, GetGlobalStateDigestRequest, GetGlobalStateDigestResponse,
-    GetProjectionStatusRequest, GetProjectionStatusResponse, ListCopiesRequest,
-    ListCopiesResponse, RegionDigest, RegionProjectionStatus, SagaDriverStatus,
+    GetProjectionStatusRequest, GetProjectionStatusResponse, ListCopiesRequest, ListCopiesResponse,
+    RegionDigest, RegionProjectionStatus, SagaDriverStatus,
 };
 use tokio::time::Instant;
 use tonic::metadata::{AsciiMetadataValue, MetadataMap};
@@ -538,9 +538,12 @@ impl Coordinator for CoordinatorService {
             request_id: request_id_from(request.metadata()),
         };
         let span = span("ListCopies", request.metadata(), &call.request_id);
-        self.check_token(request.metadata())
+        let only = self
+            .copies_scope(request.metadata())
             .map_err(|e| call.ec2(&e))?;
-        self.list_copies_impl(request, &call).instrument(span).await
+        self.list_copies_impl(request, only, &call)
+            .instrument(span)
+            .await
     }
 
     async fn describe_shared_with_account(
@@ -566,9 +569,13 @@ impl CoordinatorService {
     async fn list_copies_impl(
         &self,
         request: Request<ListCopiesRequest>,
+        only: Option<String>,
         call: &Call,
     ) -> Result<Response<ListCopiesResponse>, Status> {
-        let (md, _, body) = request.into_parts();
+        let (md, _, mut body) = request.into_parts();
+        if let Some(account) = only {
+            body.account_ids = vec![account];
+        }
         // Everything that can fail without the projection fails before any wait.
         select_regions(&body.regions, &self.projection.snapshot(), call)?;
         let filter = copies::CopyFilter::new(

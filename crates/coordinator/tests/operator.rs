@@ -33,12 +33,20 @@ const WAIT: Duration = Duration::from_secs(20);
 fn accounts() -> Arc<Accounts> {
     Arc::new(
         Accounts::from_file(AccountsFile {
-            accounts: vec![AccountEntry {
-                id: OWNER.into(),
-                token: "tok-owner".into(),
-                organization: None,
-                ou: None,
-            }],
+            accounts: vec![
+                AccountEntry {
+                    id: OWNER.into(),
+                    token: "tok-owner".into(),
+                    organization: None,
+                    ou: None,
+                },
+                AccountEntry {
+                    id: "444455556666".into(),
+                    token: "tok-other".into(),
+                    organization: None,
+                    ou: None,
+                },
+            ],
             operator: Some(OperatorEntry {
                 token: "tok-operator".into(),
             }),
@@ -128,6 +136,14 @@ impl World {
             }
         }
     }
+}
+
+/// A call carrying `token` as its bearer token.
+fn with_token<T>(token: &str, body: T) -> tonic::Request<T> {
+    let mut r = tonic::Request::new(body);
+    r.metadata_mut()
+        .insert("authorization", format!("Bearer {token}").parse().unwrap());
+    r
 }
 
 /// A call through the coordinator as OWNER (bearer token), to `region`.
@@ -283,6 +299,25 @@ async fn followers_and_sagas_authenticate_as_the_operator() {
         async move { (snapshot_state(&mut ec2, DEST, &copy).await? == "completed").then_some(()) }
     })
     .await;
+    // ListCopies shows an account its own copies only; the operator token sees everyone's.
+    let as_other = coord
+        .list_copies(with_token("tok-other", ListCopiesRequest::default()))
+        .await
+        .unwrap()
+        .into_inner()
+        .copies;
+    assert!(
+        as_other.iter().all(|c| c.destination_id != copy),
+        "another account must not see OWNER's copy: {as_other:?}"
+    );
+    let as_operator = coord
+        .list_copies(with_token("tok-operator", ListCopiesRequest::default()))
+        .await
+        .unwrap()
+        .into_inner()
+        .copies;
+    assert!(as_operator.iter().any(|c| c.destination_id == copy));
+
     let status = projection_status(&w).await;
     assert_eq!(status.len(), 2);
     for s in &status {

@@ -42,6 +42,22 @@ impl CoordinatorService {
         Ok(())
     }
 
+    /// Whose copies ListCopies may show: with an accounts file, an account sees only its own
+    /// (`Some(account)`) and the operator token sees every account's (`None`); without one the
+    /// caller is not authenticated anyway and it is an operator view (`None`).
+    pub(crate) fn copies_scope(&self, md: &MetadataMap) -> Result<Option<String>, Ec2Error> {
+        let Some(accounts) = &self.accounts else {
+            return Ok(None);
+        };
+        let header = md.get(AUTHORIZATION_HEADER).and_then(|v| v.to_str().ok());
+        if accounts.authenticate_operator_header(header).is_ok() {
+            return Ok(None);
+        }
+        accounts
+            .authenticate_header(header)
+            .map(|a| Some(a.to_string()))
+    }
+
     /// Organization membership of the accounts file (empty without one).
     pub(crate) fn membership(&self) -> &Membership {
         self.accounts
