@@ -11,6 +11,7 @@ const FILES: &[&str] = &[
     "amisim/v1/coordinator.proto",
     "amisim/v1/kms.proto",
     "amisim/v1/audit.proto",
+    "amisim/v1/chaos.proto",
 ];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {

@@ -35,6 +35,12 @@ pub trait Clock: Send + Sync + fmt::Debug + 'static {
     fn changes(&self) -> Option<watch::Receiver<u64>> {
         None
     }
+
+    /// The clock as a [`VirtualClock`] if it is one: only those can be moved by hand (the
+    /// `AdvanceClock` RPCs).
+    fn as_virtual(&self) -> Option<&VirtualClock> {
+        None
+    }
 }
 
 /// Wall-clock ms since the Unix epoch (0 if the machine's clock is before 1970). Informational
@@ -176,6 +182,10 @@ impl Clock for VirtualClock {
 
     fn changes(&self) -> Option<watch::Receiver<u64>> {
         Some(self.now.subscribe())
+    }
+
+    fn as_virtual(&self) -> Option<&VirtualClock> {
+        Some(self)
     }
 }
 

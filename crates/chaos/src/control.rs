@@ -58,6 +58,12 @@ impl LinkControl {
         self.read().get(from, to)
     }
 
+    /// The pair's own link now, if it is listed (for the coordinator↔region links, which the
+    /// default does not cover).
+    pub fn get_listed(&self, from: &str, to: &str) -> Option<LinkModel> {
+        self.read().get_listed(from, to)
+    }
+
     /// The whole table now.
     pub fn table(&self) -> LinkTable {
         self.read().clone()
@@ -116,7 +122,10 @@ impl LinkControl {
     }
 
     fn read(&self) -> std::sync::RwLockReadGuard<'_, LinkTable> {
-        self.inner.table.read().unwrap_or_else(PoisonError::into_inner)
+        self.inner
+            .table
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
     }
 
     fn replace(&self, t: LinkTable) {

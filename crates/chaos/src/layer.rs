@@ -19,7 +19,9 @@
 //! channel (`rpc/<region>`); with concurrent calls their order, and so which call is lost,
 //! depends on scheduling (ADR 0008).
 //!
-//! A [`ChaosService`] without a control ([`ChaosService::direct`]) passes every call through.
+//! Only coordinator links listed in the table count (the table's default is the region↔region
+//! transfer model); an unlisted one is [`LinkModel::CLEAN`]. A [`ChaosService`] without a
+//! control ([`ChaosService::direct`]) passes every call through.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -91,12 +93,18 @@ struct Draw {
 }
 
 impl Link {
+    /// Only listed coordinator links count: the table's default is the region↔region transfer
+    /// model (a minute of latency), not the control plane's.
     fn up(&self) -> LinkModel {
-        self.control.get(COORDINATOR, &self.region)
+        self.control
+            .get_listed(COORDINATOR, &self.region)
+            .unwrap_or(LinkModel::CLEAN)
     }
 
     fn down(&self) -> LinkModel {
-        self.control.get(&self.region, COORDINATOR)
+        self.control
+            .get_listed(&self.region, COORDINATOR)
+            .unwrap_or(LinkModel::CLEAN)
     }
 
     fn draw(&self) -> Draw {
@@ -250,10 +258,14 @@ impl http_body::Body for ChaosBody {
             }
             let down = this.link.down();
             if down.partitioned {
-                let control = this.link.control.clone();
-                let region = this.link.region.clone();
+                let link = this.link.clone();
                 this.wait = Some(Box::pin(async move {
-                    control.healed(&region, COORDINATOR).await;
+                    let mut changes = link.control.changes();
+                    while link.down().partitioned {
+                        if changes.changed().await.is_err() {
+                            std::future::pending::<()>().await;
+                        }
+                    }
                 }));
                 continue;
             }
@@ -344,7 +356,9 @@ mod tests {
         let (_, region, mut svc) = setup("");
         let r = call(&mut svc).await;
         assert_eq!(grpc_status(&r), None);
-        let body = http_body_util::BodyExt::collect(r.into_body()).await.unwrap();
+        let body = http_body_util::BodyExt::collect(r.into_body())
+            .await
+            .unwrap();
         assert_eq!(body.trailers().unwrap()["grpc-status"], "0");
         assert_eq!(&body.to_bytes()[..], b"ab");
         assert_eq!(region.calls.load(Ordering::SeqCst), 1);
@@ -412,7 +426,11 @@ mod tests {
         let first = body.frame().await.unwrap().unwrap();
         assert_eq!(first.into_data().unwrap(), "a");
         control
-            .set("us-east-1:coordinator=0,1,partition,slow_close=250".parse().unwrap())
+            .set(
+                "us-east-1:coordinator=0,1,partition,slow_close=250"
+                    .parse()
+                    .unwrap(),
+            )
             .unwrap();
         let next = tokio::time::timeout(Duration::from_secs(60), body.frame()).await;
         assert!(next.is_err(), "stalled while partitioned");

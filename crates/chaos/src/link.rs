@@ -100,6 +100,12 @@ impl LinkModel {
         slow_close_ms: 0,
     };
 
+    /// No delay and no fault: a coordinator↔region link that is not configured.
+    pub const CLEAN: LinkModel = LinkModel {
+        latency_ms: 0,
+        ..Self::CROSS_REGION
+    };
+
     /// A fault-free link of `latency_ms` and `bandwidth_mib_s` MiB per simulated second.
     pub fn new(latency_ms: u64, bandwidth_mib_s: u64) -> Self {
         LinkModel {
@@ -572,6 +578,14 @@ impl LinkTable {
         Ok(())
     }
 
+    /// The pair's own link, if it is listed (the default does not count).
+    pub fn get_listed(&self, from: &str, to: &str) -> Option<LinkModel> {
+        self.links
+            .iter()
+            .find(|l| l.from == from && l.to == to)
+            .map(|l| l.model)
+    }
+
     /// The link from `from` to `to`.
     pub fn get(&self, from: &str, to: &str) -> LinkModel {
         self.links
@@ -735,9 +749,10 @@ mod tests {
 
     #[test]
     fn fault_specs_parse_into_the_model() {
-        let s: LinkSpec = "us-east-1:eu-west-1=100,10,jitter=5,loss=0.25,partition,timeout=300,slow_close=40"
-            .parse()
-            .unwrap();
+        let s: LinkSpec =
+            "us-east-1:eu-west-1=100,10,jitter=5,loss=0.25,partition,timeout=300,slow_close=40"
+                .parse()
+                .unwrap();
         let m = s.model;
         assert_eq!((m.latency_ms, m.bandwidth_bytes_per_s), (100, 10 * MIB));
         assert_eq!((m.jitter_ms, m.loss, m.partitioned), (5, 0.25, true));

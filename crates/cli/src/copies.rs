@@ -50,6 +50,16 @@ pub struct CopiesArgs {
     /// Only copies requested by this 12-digit account. Repeat for several.
     #[arg(long = "account-id", value_name = "ACCOUNT")]
     pub account_ids: Vec<String>,
+
+    /// Bearer token to authenticate with, for a coordinator started with --accounts (sent as
+    /// `authorization: Bearer <TOKEN>`). Prefer the environment variable: a flag shows in `ps`.
+    #[arg(
+        long,
+        env = "AMISIM_TOKEN",
+        value_name = "TOKEN",
+        hide_env_values = true
+    )]
+    pub token: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -77,14 +87,23 @@ pub async fn run(args: CopiesArgs) -> anyhow::Result<()> {
     } else {
         args.finished_within.map(|s| s.saturating_mul(1000))
     };
+    let mut request = tonic::Request::new(ListCopiesRequest {
+        regions: args.regions,
+        phases: args.phases,
+        finished_within_ms,
+        account_ids: args.account_ids,
+        consistency_token: String::new(),
+    });
+    if let Some(token) = &args.token {
+        let mut value = tonic::metadata::AsciiMetadataValue::try_from(format!("Bearer {token}"))
+            .ok()
+            .filter(|_| !token.is_empty() && token.bytes().all(|b| b.is_ascii_graphic()))
+            .context("--token must be non-empty visible ASCII (no spaces)")?;
+        value.set_sensitive(true);
+        request.metadata_mut().insert("authorization", value);
+    }
     let answer = CoordinatorClient::new(channel)
-        .list_copies(ListCopiesRequest {
-            regions: args.regions,
-            phases: args.phases,
-            finished_within_ms,
-            account_ids: args.account_ids,
-            consistency_token: String::new(),
-        })
+        .list_copies(request)
         .await
         .map_err(|s| anyhow::anyhow!("ListCopies failed: {}", s.message()))?
         .into_inner();

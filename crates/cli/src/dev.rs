@@ -11,7 +11,7 @@ use anyhow::Context;
 use tokio::task::JoinSet;
 
 use crate::coordinator::{print_links, LinkArgs};
-use crate::region::{start_node, SimArgs};
+use crate::region::{start_node_on, ClockKind, SimArgs, VIRTUAL_EPOCH_MS};
 use crate::shutdown::{os_signal, Shutdown};
 
 /// Run every region node and the coordinator in one process (the default way to use amisim).
@@ -88,18 +88,22 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     let mut nodes = Vec::new();
     let mut region_servers = JoinSet::new();
     let mut routes = RegionRoutes::new();
+    // `--clock virtual`: one clock for every in-process node, moved by Chaos.AdvanceClock.
+    let shared_clock = (args.sim.clock == ClockKind::Virtual)
+        .then(|| amisim_chaos::VirtualClock::new(VIRTUAL_EPOCH_MS));
     for (i, name) in regions.iter().enumerate() {
         // With --seed N, region k (in --regions order) gets N + k, so each can be replayed alone
         // with `amisim region --seed`.
         let seed = args.sim.seed.map(|n| n.wrapping_add(i as u64));
         let dir = args.data.join(name);
-        let node = start_node(
+        let node = start_node_on(
             name,
             &dir,
             args.sim.time_scale,
             seed,
             &regions,
             accounts.clone(),
+            shared_clock.clone(),
         )?;
         let listener = crate::bind("127.0.0.1:0").await?;
         let addr = listener.local_addr()?;
@@ -118,11 +122,14 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
         nodes.push(node);
     }
     let gateway_shutdown = Shutdown::new();
-    let config = CoordinatorConfig {
+    let mut config = CoordinatorConfig {
         links: links.clone(),
         accounts: accounts.clone(),
         ..CoordinatorConfig::default()
     };
+    // The link draws (sampled latencies, loss) and the saga's retry jitter replay from --seed.
+    config.sagas.seed = args.sim.seed.unwrap_or(0);
+    let config_seed = config.sagas.seed;
     println!(
         "amisim dev: {}",
         crate::accounts::describe(accounts.as_deref())
@@ -134,9 +141,15 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
         gateway_shutdown.signal(),
     ));
     println!(
-        "amisim dev: regions {}, time scale {}",
+        "amisim dev: regions {}, {}, link seed {}",
         regions.join(","),
-        args.sim.time_scale
+        crate::region::describe_clock(
+            &args.sim,
+            shared_clock
+                .as_ref()
+                .map_or(0, amisim_chaos::Clock::now_ms)
+        ),
+        config_seed
     );
     print_links("amisim dev", &links);
     println!("amisim dev: gateway listening on {gateway_addr}");

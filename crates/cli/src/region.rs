@@ -76,7 +76,24 @@ pub struct SimArgs {
     #[arg(long, env = "AMISIM_RECORD_READS", default_value_t = true, value_name = "BOOL",
           action = clap::ArgAction::Set)]
     pub record_reads: bool,
+
+    /// `scaled`: simulated time flows --time-scale times faster than wall time. `virtual`: it
+    /// moves only when told (the coordinator's `Chaos.AdvanceClock` / `AdvanceToNextTimer`), so
+    /// a run replays exactly from its seeds; it starts at the last logged event, or at
+    /// 2024-01-01T00:00:00Z on an empty log.
+    #[arg(long, env = "AMISIM_CLOCK", value_enum, default_value_t = ClockKind::Scaled)]
+    pub clock: ClockKind,
 }
+
+/// Which clock the nodes run on (DESIGN.md §5).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ClockKind {
+    Scaled,
+    Virtual,
+}
+
+/// Where a virtual clock starts on an empty log: 2024-01-01T00:00:00Z (fixed, so runs replay).
+pub const VIRTUAL_EPOCH_MS: u64 = 1_704_067_200_000;
 
 fn parse_time_scale(s: &str) -> Result<f64, String> {
     let v: f64 = s.parse().map_err(|_| format!("'{s}' is not a number"))?;
@@ -96,6 +113,20 @@ pub fn start_node(
     seed: Option<u64>,
     known_regions: &[String],
     accounts: Option<Arc<amisim_core::Accounts>>,
+) -> anyhow::Result<Arc<RegionNode>> {
+    start_node_on(name, dir, time_scale, seed, known_regions, accounts, None)
+}
+
+/// As [`start_node`]; with `virtual_clock`, the node runs on it (moved forward to the node's
+/// last logged event) instead of a scaled clock. Nodes of one process may share one.
+pub fn start_node_on(
+    name: &str,
+    dir: &Path,
+    time_scale: f64,
+    seed: Option<u64>,
+    known_regions: &[String],
+    accounts: Option<Arc<amisim_core::Accounts>>,
+    virtual_clock: Option<amisim_chaos::VirtualClock>,
 ) -> anyhow::Result<Arc<RegionNode>> {
     std::fs::create_dir_all(dir)
         .with_context(|| format!("cannot create the data directory {}", dir.display()))?;
@@ -135,8 +166,14 @@ pub fn start_node(
             requests_dir.display()
         )
     })?;
-    let node =
-        RegionNode::start(cfg, log).with_context(|| format!("cannot start region {name}"))?;
+    let node = match virtual_clock {
+        None => RegionNode::start(cfg, log),
+        Some(clock) => RegionNode::start_with_clock(cfg, log, move |last_sim_ms| {
+            clock.set(last_sim_ms);
+            Arc::new(clock) as Arc<dyn amisim_chaos::Clock>
+        }),
+    }
+    .with_context(|| format!("cannot start region {name}"))?;
     node.attach_audit(audit_trail);
     let recorder = amisim_region::audit::RequestRecorder::start(
         name,
@@ -152,13 +189,15 @@ pub async fn run(args: RegionArgs) -> anyhow::Result<()> {
     let listener = crate::bind(&args.listen).await?;
     let addr = listener.local_addr()?;
     let accounts = args.accounts.load()?;
-    let node = start_node(
+    let node = start_node_on(
         &args.name,
         &args.data,
         args.sim.time_scale,
         args.sim.seed,
         &args.known_regions,
         accounts.clone(),
+        (args.sim.clock == ClockKind::Virtual)
+            .then(|| amisim_chaos::VirtualClock::new(VIRTUAL_EPOCH_MS)),
     )?;
     println!(
         "amisim region {}: {}",
@@ -166,12 +205,12 @@ pub async fn run(args: RegionArgs) -> anyhow::Result<()> {
         crate::accounts::describe(accounts.as_deref())
     );
     println!(
-        "amisim region {}: data {}, seed {}, head seq {}, time scale {}",
+        "amisim region {}: data {}, seed {}, head seq {}, {}",
         node.region(),
         args.data.display(),
         node.seed(),
         node.head_seq(),
-        args.sim.time_scale
+        describe_clock(&args.sim, node.now_ms())
     );
     println!("amisim region {}: listening on {addr}", node.region());
 
@@ -195,4 +234,12 @@ pub async fn run(args: RegionArgs) -> anyhow::Result<()> {
         .with_context(|| format!("region {} failed", args.name))?;
     println!("amisim region {}: stopped", args.name);
     Ok(())
+}
+
+/// `time scale 60` or `virtual clock at <ms>` for the start banner.
+pub fn describe_clock(sim: &SimArgs, now_ms: u64) -> String {
+    match sim.clock {
+        ClockKind::Scaled => format!("time scale {}", sim.time_scale),
+        ClockKind::Virtual => format!("virtual clock at {now_ms} ms (moved by Chaos.AdvanceClock)"),
+    }
 }

@@ -34,7 +34,6 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
-use tonic::transport::Channel;
 use tracing::Instrument;
 
 use crate::gateway::{RegionChannel, RegionRoutes};

@@ -26,9 +26,12 @@
 //!   internal `Region` service when there is an accounts file (ADR 0009);
 //! - [`saga`]: the copy saga driver — watches the projection and drives every CopyImage /
 //!   CopySnapshot through its idempotent steps on the source and destination nodes;
+//! - [`chaos`]: the `amisim.v1.Chaos` service — clock control of the nodes and the live link
+//!   table, whose faults the chaos layer applies to every channel above (ADR 0008);
 //! - [`server`]: [`run_coordinator`], everything above wired on one listener, as
 //!   `amisim coordinator` and `amisim dev` run it.
 
+pub mod chaos;
 pub mod follower;
 pub mod gateway;
 pub mod operator;
@@ -37,6 +40,7 @@ pub mod saga;
 pub mod server;
 pub mod service;
 
+pub use chaos::ChaosControl;
 pub use follower::{FollowerConfig, FollowerMonitor, FollowerSet, FollowerStatus};
 pub use gateway::{serve_gateway, Gateway, GatewayError, KmsGateway, RegionRoutes};
 pub use operator::{OperatorAuth, OperatorRegionClient};

@@ -14,6 +14,11 @@
 //!    `(source → destination)` pair: the transfer starts (or the copy fails with the read's
 //!    reason). Its events depend on the read: `(source, read seq)`.
 //!
+//! Link faults (ADR 0008): a partitioned `(source → destination)` link, or a transfer drawn lost,
+//! fails StartCopy's attempt before it is sent — the copy stays pending and is retried (a link
+//! change wakes the worker at once); otherwise the latency is drawn once per copy from the
+//! [`LinkControl`]'s seed ([`sampled_link_params`]).
+//!
 //! The driver watches the [`Projection`] ([`Projection::subscribe`]); every copy that a
 //! destination's projected state lists in [`State::copies_awaiting_start`] gets one worker task.
 //! When the source's projected state already holds the copy's `CopySourceRead`, step 1 is
@@ -708,7 +713,11 @@ impl Worker {
                     self.dest, model.loss
                 ));
             }
-            Some(sampled_link_params(&self.shared.links, model, &task.copy_id))
+            Some(sampled_link_params(
+                &self.shared.links,
+                model,
+                &task.copy_id,
+            ))
         } else {
             None
         };

@@ -105,6 +105,14 @@ pub async fn run_coordinator(
             config.sagas,
         )
     });
+    let mut chaos = crate::chaos::ChaosControl::new(routes.clone(), links.clone());
+    if let Some(a) = &config.accounts {
+        chaos = chaos.with_accounts(a);
+    }
+    tracing::info!(
+        seed = links.seed(),
+        "link seed (chaos draws replay from it)"
+    );
     let mut service = CoordinatorService::new(projection).with_followers(followers.monitor());
     if let Some(s) = &sagas {
         service = service.with_sagas(s.monitor());
@@ -129,6 +137,9 @@ pub async fn run_coordinator(
     health_reporter
         .set_serving::<CoordinatorServer<CoordinatorService>>()
         .await;
+    health_reporter
+        .set_serving::<amisim_proto::chaos_server::ChaosServer<crate::chaos::ChaosControl>>()
+        .await;
     let reflection_v1 = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(amisim_proto::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
@@ -151,6 +162,7 @@ pub async fn run_coordinator(
         .add_service(Gateway::new(routes.clone()).kms())
         .add_service(Gateway::new(routes))
         .add_service(service.into_server())
+        .add_service(chaos.into_server())
         .serve_with_incoming_shutdown(
             // TCP_NODELAY: without it small responses wait ~40 ms for delayed ACKs.
             tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),

@@ -5,8 +5,8 @@
 //! Checked: a partition stalls a copy (the saga retries, never fails it) until it heals, then the
 //! copy finishes; bandwidth bounds the transfer time (the start's due time is exactly latency +
 //! bytes ÷ bandwidth); loss on the transfer and on the coordinator's channels causes retries,
-//! never a second start; the same seed in virtual-clock mode gives the same region digests, and
-//! another seed another sampled schedule.
+//! never a second start; the same seed in virtual-clock mode gives the same logs (every field
+//! but wall time and the hash chain over it), and another seed another sampled schedule.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -45,6 +45,7 @@ struct Node {
 
 struct Cluster {
     nodes: BTreeMap<String, Node>,
+    routes: RegionRoutes,
     links: LinkControl,
     followers: FollowerSet,
     driver: SagaDriver,
@@ -103,7 +104,7 @@ impl Cluster {
         .unwrap();
         let driver = SagaDriver::spawn(
             followers.projection(),
-            routes,
+            routes.clone(),
             links.clone(),
             SagaConfig {
                 initial_backoff: Duration::from_millis(10),
@@ -115,6 +116,7 @@ impl Cluster {
         );
         Cluster {
             nodes,
+            routes,
             links,
             followers,
             driver,
@@ -127,6 +129,20 @@ impl Cluster {
 
     fn ec2(&self, region: &str) -> Ec2Client<Channel> {
         Ec2Client::new(lazy(&self.node(region).addr.to_string()))
+    }
+
+    /// Every clock to the earliest due timer of any node (what `Chaos.AdvanceToNextTimer` does).
+    fn advance_to_next_timer(&self) {
+        let next = self
+            .nodes
+            .values()
+            .filter_map(|n| n.node.state().next_due_ms())
+            .min();
+        if let Some(t) = next {
+            for n in self.nodes.values() {
+                n.clock.set(t);
+            }
+        }
     }
 
     fn advance(&self, ms: u64) {
@@ -338,6 +354,16 @@ fn starts(log: &[Event]) -> BTreeMap<String, usize> {
     out
 }
 
+/// `ImageCopyStarted` events of a log: (started_at_ms, available_at_ms).
+fn image_windows(log: &[Event]) -> Vec<(u64, u64)> {
+    log.iter()
+        .filter_map(|e| match &e.payload {
+            Some(Payload::ImageCopyStarted(s)) => Some((s.started_at_ms, s.available_at_ms)),
+            _ => None,
+        })
+        .collect()
+}
+
 /// `SnapshotCopyStarted` events of a log: (started_at_ms, complete_at_ms, bytes).
 fn snapshot_starts(log: &[Event]) -> Vec<(u64, u64, i64)> {
     log.iter()
@@ -376,7 +402,10 @@ async fn a_partition_stalls_copies_until_healed_then_they_finish() {
             .any(|d| {
                 d.destination_region == "eu-west-1"
                     && d.attempts >= 3
-                    && d.last_error.as_deref().unwrap_or("").contains("partitioned")
+                    && d.last_error
+                        .as_deref()
+                        .unwrap_or("")
+                        .contains("partitioned")
             })
             .then_some(())
     })
@@ -469,7 +498,10 @@ async fn loss_causes_retries_not_duplicates() {
     assert!(s.step_failures > 0, "the loss was felt: {s:?}");
     let started = starts(&c.log("eu-west-1").await);
     assert_eq!(started.len(), 4, "{started:?}");
-    assert!(started.values().all(|&n| n == 1), "one start each: {started:?}");
+    assert!(
+        started.values().all(|&n| n == 1),
+        "one start each: {started:?}"
+    );
     // Heal, and the projections converge on the nodes' digests.
     c.links.reset();
     c.links.clear("us-east-1", "eu-west-1");
@@ -480,34 +512,276 @@ async fn loss_causes_retries_not_duplicates() {
 
 /// One scripted run: two images copied one after the other over a link with a random latency;
 /// returns the region digests and each copy's sampled transfer window.
-async fn scripted_run(seed: u64) -> (BTreeMap<String, String>, Vec<(u64, u64, i64)>) {
+async fn scripted_run(seed: u64) -> (BTreeMap<String, Vec<Event>>, Vec<(u64, u64)>) {
     let table = LinkTable::from_specs([
         "us-east-1:eu-west-1=0,128,pareto=2000/1.5,jitter=300"
             .parse()
             .unwrap(),
-        "us-east-1:ap-south-1=0,64,uniform=1000-90000".parse().unwrap(),
+        "us-east-1:ap-south-1=0,64,uniform=1000-90000"
+            .parse()
+            .unwrap(),
     ])
     .unwrap();
     let c = Cluster::start(table, seed).await;
     let ami = make_image(&c, "us-east-1", "golden").await;
-    for (dest, name) in [("eu-west-1", "one"), ("ap-south-1", "two"), ("eu-west-1", "three")] {
+    for (i, (dest, name)) in [
+        ("eu-west-1", "one"),
+        ("ap-south-1", "two"),
+        ("eu-west-1", "three"),
+    ]
+    .into_iter()
+    .enumerate()
+    {
         let id = copy_image(&c, dest, "us-east-1", &ami, name).await;
-        until_image(&c, dest, &id, "available", 10_000).await;
+        // Time stands still until the copy has started (the system is idle), then jumps from
+        // timer to timer: the virtual-clock discipline that makes a run replay.
+        let started = i + 1;
+        eventually("the copy started", || async {
+            let mut n = image_windows(&c.log("eu-west-1").await).len();
+            n += image_windows(&c.log("ap-south-1").await).len();
+            (n == started).then_some(())
+        })
+        .await;
+        let mut ec2 = c.ec2(dest);
+        eventually("the copy available", || {
+            let mut ec2 = ec2.clone();
+            let id = id.clone();
+            let c = &c;
+            async move {
+                if image_state(&mut ec2, &id).await? == "available" {
+                    return Some(());
+                }
+                c.advance_to_next_timer();
+                None
+            }
+        })
+        .await;
+        let _ = &mut ec2;
     }
-    let mut windows = snapshot_starts(&c.log("eu-west-1").await);
-    windows.extend(snapshot_starts(&c.log("ap-south-1").await));
-    let digests = c.digests().await;
+    let mut windows = image_windows(&c.log("eu-west-1").await);
+    windows.extend(image_windows(&c.log("ap-south-1").await));
+    assert_eq!(windows.len(), 3);
+    c.digests().await;
+    // The logs, field for field but for what the wall decides: the wall clock itself and the
+    // hash chain over it, and request ids (a node draws a missing one from the OS, and a saga
+    // step's names its attempt).
+    let mut logs = BTreeMap::new();
+    for r in REGIONS {
+        let log = c.log(r).await;
+        let log = log
+            .into_iter()
+            .map(|mut e| {
+                e.wall_time_ms = 0;
+                e.request_id.clear();
+                e.prev_hash.clear();
+                e.hash.clear();
+                e
+            })
+            .collect();
+        logs.insert(r.to_string(), log);
+    }
     c.driver.shutdown().await;
-    (digests, windows)
+    (logs, windows)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn the_same_seed_replays_the_same_logs_and_another_seed_another_schedule() {
     let (a, wa) = scripted_run(41).await;
     let (b, wb) = scripted_run(41).await;
-    assert_eq!(a, b, "same seed, same digests");
     assert_eq!(wa, wb);
+    for r in REGIONS {
+        assert_eq!(a[r].len(), b[r].len(), "{r}");
+        for (x, y) in a[r].iter().zip(&b[r]) {
+            assert_eq!(x, y, "{r}: same seed, same log");
+        }
+    }
     let (c, wc) = scripted_run(42).await;
     assert_ne!(wa, wc, "another seed draws other latencies");
-    assert_ne!(a, c);
+    assert_ne!(a["eu-west-1"], c["eu-west-1"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_chaos_service_moves_clocks_and_changes_links() {
+    use amisim_coordinator::ChaosControl;
+    use amisim_proto::chaos_client::ChaosClient;
+    use amisim_proto::{
+        AdvanceClockRequest, AdvanceToNextTimerRequest, ClearLinkRequest, GetClockRequest, Link,
+        ListLinksRequest, ResetLinksRequest, SetLinkRequest,
+    };
+
+    let start = LinkTable::from_specs(["us-east-1:eu-west-1=1000,1024".parse().unwrap()]).unwrap();
+    let c = Cluster::start(start, 5).await;
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let service = ChaosControl::new(c.routes.clone(), c.links.clone()).into_server();
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(service)
+            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
+    );
+    let mut chaos = ChaosClient::new(lazy(&addr.to_string()));
+
+    // Clocks: every node virtual, at T0; moved together.
+    let clocks = chaos
+        .get_clock(GetClockRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(clocks.regions.len(), 3);
+    assert!(clocks
+        .regions
+        .iter()
+        .all(|r| r.virtual_clock && r.now_ms == T0));
+    c.node("us-east-1").clock.advance(1_000);
+    let moved = chaos
+        .advance_clock(AdvanceClockRequest { ms: 5_000 })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(
+        moved.regions.iter().all(|r| r.now_ms == T0 + 6_000),
+        "to the latest node + 5 s: {moved:?}"
+    );
+
+    // Advance to the next timer: a new volume becomes available in 2 s (sim).
+    let vol = c
+        .ec2("eu-west-1")
+        .create_volume(CreateVolumeRequest {
+            availability_zone: "eu-west-1a".into(),
+            size: Some(8),
+            volume_type: "gp3".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .volume_id;
+    let due = c.node("eu-west-1").node.state().next_due_ms().unwrap();
+    assert!(due > T0 + 6_000);
+    let moved = chaos
+        .advance_to_next_timer(AdvanceToNextTimerRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(moved.regions.iter().all(|r| r.now_ms == due), "{moved:?}");
+    let mut ec2 = c.ec2("eu-west-1");
+    eventually("the volume's timer fired", || {
+        let mut ec2 = ec2.clone();
+        let vol = vol.clone();
+        async move {
+            let v = ec2
+                .describe_volumes(DescribeVolumesRequest {
+                    volume_ids: vec![vol],
+                    ..Default::default()
+                })
+                .await
+                .ok()?
+                .into_inner()
+                .volumes
+                .pop()?;
+            (v.state == "available").then_some(())
+        }
+    })
+    .await;
+    let _ = &mut ec2;
+
+    // Links: set (a one-way partition), list, clear, reset.
+    let set = chaos
+        .set_link(SetLinkRequest {
+            link: Some(Link {
+                from: "eu-west-1".into(),
+                to: "us-east-1".into(),
+                latency_ms: 250,
+                partitioned: true,
+                ..Default::default()
+            }),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .link
+        .unwrap();
+    assert_eq!(set.bandwidth_bytes_per_s, 75 * MIB, "0 means the default");
+    assert!(c.links.get("eu-west-1", "us-east-1").partitioned);
+    assert!(!c.links.get("us-east-1", "eu-west-1").partitioned);
+    let listed = chaos
+        .list_links(ListLinksRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!((listed.links.len(), listed.seed), (2, 5));
+    let bad = chaos
+        .set_link(SetLinkRequest {
+            link: Some(Link {
+                from: "eu-west-1".into(),
+                to: "US".into(),
+                ..Default::default()
+            }),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(bad.code(), tonic::Code::InvalidArgument);
+    let cleared = chaos
+        .clear_link(ClearLinkRequest {
+            from: "eu-west-1".into(),
+            to: "us-east-1".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(cleared.cleared);
+    c.links.set("a-1:b-1=1,1".parse().unwrap()).unwrap();
+    let reset = chaos
+        .reset_links(ResetLinksRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(reset.links.len(), 1);
+    assert_eq!(reset.links[0].latency_ms, 1000);
+
+    // Every change through the service is in the home region's log (us-east-1), in order.
+    let recorded: Vec<_> = c
+        .log("us-east-1")
+        .await
+        .into_iter()
+        .filter_map(|e| match e.payload {
+            Some(Payload::LinkConditionChanged(l)) => Some(l),
+            _ => None,
+        })
+        .collect();
+    let actions: Vec<_> = recorded.iter().map(|l| l.action.as_str()).collect();
+    assert_eq!(actions, ["set", "clear", "reset"]);
+    assert_eq!(
+        (recorded[0].from.as_str(), recorded[0].to.as_str()),
+        ("eu-west-1", "us-east-1")
+    );
+    assert!(recorded[0].partitioned && recorded[0].description.contains("partitioned"));
+    assert_eq!(recorded[0].seed, 5);
+    // The state ignores them: the projection still equals each node.
+    c.digests().await;
+}
+
+#[tokio::test]
+async fn a_scaled_node_refuses_to_be_moved_by_hand() {
+    use amisim_proto::RegionAdvanceClockRequest;
+    let node =
+        RegionNode::start(RegionConfig::new("us-east-1"), Arc::new(MemoryLog::new())).unwrap();
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(serve(node, listener, std::future::pending()));
+    let mut region = RegionClient::new(lazy(&addr.to_string()));
+    let e = region
+        .advance_clock(RegionAdvanceClockRequest {
+            by_ms: 1_000,
+            to_ms: 0,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::FailedPrecondition, "{e:?}");
+    let info = region
+        .get_region_info(amisim_proto::GetRegionInfoRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(!info.virtual_clock);
 }

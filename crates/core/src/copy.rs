@@ -782,6 +782,20 @@ pub fn saga_step(state: &State, ctx: &mut Ctx<'_>, step: pb::SagaStep) -> Ec2Res
     let (copy_id, (events, response)) = match step {
         Some(Step::ReadCopySource(s)) => (s.copy_id.clone(), read_copy_source(state, ctx, s)?),
         Some(Step::StartCopy(s)) => (s.copy_id.clone(), start_copy(state, ctx, s)?),
+        Some(Step::RecordLinkCondition(r)) => {
+            // Not a copy: the Chaos service's audit record of a link change (ADR 0008).
+            let change = r.change.ok_or_else(|| Ec2Error::missing("Change"))?;
+            let response = pb::SagaStepResponse {
+                outcome: "recorded".into(),
+                ..Default::default()
+            };
+            return Ok(Decision::new(
+                vec![Payload::LinkConditionChanged(change)],
+                Reply::Saga(Box::new(response)),
+            )
+            .correlated(correlation_id)
+            .depending_on(depends_on));
+        }
         None => return Err(Ec2Error::missing("Step")),
     };
     if !correlation_id.is_empty() && correlation_id != copy_id {
@@ -2030,6 +2044,48 @@ mod tests {
     // ---------------------------------------------------------------------------------------
     // Idempotency
     // ---------------------------------------------------------------------------------------
+
+    #[test]
+    fn a_recorded_link_condition_is_one_event_and_changes_no_resource() {
+        // Given a region with an image,
+        let mut h = Harness::new();
+        given_image(&mut h, OWNER, false, &[]);
+        let before = h.log.len();
+        let image_before = h.state.images.get(AMI).cloned();
+        // when the Chaos service records a link change,
+        let change = pb::LinkConditionChanged {
+            action: "set".into(),
+            from: "us-east-1".into(),
+            to: "eu-west-1".into(),
+            partitioned: true,
+            ..Default::default()
+        };
+        let step = pb::SagaStep {
+            correlation_id: String::new(),
+            depends_on: vec![],
+            step: Some(Step::RecordLinkCondition(pb::RecordLinkCondition {
+                change: Some(change.clone()),
+            })),
+        };
+        let d = h.when(SYSTEM, Command::Saga(step)).expect("recorded");
+        // then it is one LinkConditionChanged event, and the state is as before.
+        assert_eq!(saga(&d).outcome, "recorded");
+        assert_eq!(d.events, vec![Payload::LinkConditionChanged(change)]);
+        assert_eq!(h.log.len(), before + 1);
+        assert!(image_before.is_some());
+        assert_eq!(h.state.images.get(AMI).cloned(), image_before);
+        // Without the change it is refused.
+        let empty = pb::SagaStep {
+            step: Some(Step::RecordLinkCondition(pb::RecordLinkCondition {
+                change: None,
+            })),
+            ..Default::default()
+        };
+        assert_eq!(
+            h.try_decide(SYSTEM, Command::Saga(empty)).unwrap_err().code,
+            ErrorCode::MissingParameter
+        );
+    }
 
     #[test]
     fn every_saga_step_is_idempotent() {

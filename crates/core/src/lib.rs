@@ -242,6 +242,7 @@ impl Command {
             Command::Saga(s) => match s.step {
                 Some(saga_step::Step::ReadCopySource(_)) => "ReadCopySource",
                 Some(saga_step::Step::StartCopy(_)) => "StartCopy",
+                Some(saga_step::Step::RecordLinkCondition(_)) => "RecordLinkCondition",
                 None => "Saga",
             },
             Command::Tick => "Tick",

@@ -101,6 +101,41 @@ impl Region for RegionService {
             head_seq: self.node.head_seq(),
             sim_time_ms: self.node.now_ms(),
             seed: self.node.seed(),
+            next_due_ms: self.node.state().next_due_ms().unwrap_or(0),
+            virtual_clock: self.node.clock().as_virtual().is_some(),
+        }))
+    }
+
+    #[tracing::instrument(skip_all, fields(region = %self.node.region()))]
+    async fn advance_clock(
+        &self,
+        request: Request<amisim_proto::RegionAdvanceClockRequest>,
+    ) -> Result<Response<GetRegionInfoResponse>, Status> {
+        let r = request.into_inner();
+        let clock = self.node.clock();
+        let Some(clock) = clock.as_virtual() else {
+            return Err(Status::failed_precondition(
+                "this node runs on a scaled clock; start it with --clock virtual to move time by hand",
+            ));
+        };
+        let now = if r.to_ms > 0 {
+            clock.set(r.to_ms)
+        } else {
+            clock.advance(r.by_ms)
+        };
+        tracing::info!(
+            now_ms = now,
+            by_ms = r.by_ms,
+            to_ms = r.to_ms,
+            "clock moved"
+        );
+        Ok(Response::new(GetRegionInfoResponse {
+            region: self.node.region().to_string(),
+            head_seq: self.node.head_seq(),
+            sim_time_ms: now,
+            seed: self.node.seed(),
+            next_due_ms: self.node.state().next_due_ms().unwrap_or(0),
+            virtual_clock: true,
         }))
     }
 
