@@ -101,7 +101,10 @@ token = "tok-b"
         assert!(load(&bad).is_err(), "unknown tables are refused");
         std::fs::write(&bad, "[[account]]\nid = \"111122223333\"\ntoken = \"x\"\n").unwrap();
         let e = format!("{:#}", load(&bad).unwrap_err());
-        assert!(e.contains("[operator]"), "the operator token is required: {e}");
+        assert!(
+            e.contains("[operator]"),
+            "the operator token is required: {e}"
+        );
         std::fs::remove_dir_all(&dir).ok();
     }
 }

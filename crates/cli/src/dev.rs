@@ -145,9 +145,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
         regions.join(","),
         crate::region::describe_clock(
             &args.sim,
-            shared_clock
-                .as_ref()
-                .map_or(0, amisim_chaos::Clock::now_ms)
+            shared_clock.as_ref().map_or(0, amisim_chaos::Clock::now_ms)
         ),
         config_seed
     );

@@ -129,8 +129,13 @@ pub fn check_device_name(name: &str) -> Ec2Result<()> {
     let bare = name.strip_prefix("/dev/").unwrap_or(name);
     let ok = !bare.is_empty()
         && bare.len() <= 32
-        && (bare.starts_with("sd") || bare.starts_with("xvd") || bare.starts_with("hd") || bare.starts_with("nvme"))
-        && bare.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit());
+        && (bare.starts_with("sd")
+            || bare.starts_with("xvd")
+            || bare.starts_with("hd")
+            || bare.starts_with("nvme"))
+        && bare
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit());
     if ok {
         Ok(())
     } else {
@@ -147,9 +152,15 @@ pub enum Parsed {
     /// Drop the device from the image's mapping.
     NoDevice { device_name: String },
     /// Instance store device `ephemeralN`.
-    Ephemeral { device_name: String, virtual_name: String },
+    Ephemeral {
+        device_name: String,
+        virtual_name: String,
+    },
     /// An EBS device as requested.
-    Ebs { device_name: String, ebs: EbsBlockDevice },
+    Ebs {
+        device_name: String,
+        ebs: EbsBlockDevice,
+    },
 }
 
 impl Parsed {
@@ -187,10 +198,15 @@ fn parse(mappings: &[BlockDeviceMapping], need_source: bool) -> Ec2Result<Vec<Pa
         if !seen.insert(m.device_name.clone()) {
             return Err(Ec2Error::new(
                 ErrorCode::InvalidBlockDeviceMapping,
-                format!("The device '{}' is used in more than one block-device mapping", m.device_name),
+                format!(
+                    "The device '{}' is used in more than one block-device mapping",
+                    m.device_name
+                ),
             ));
         }
-        let kinds = m.ebs.is_some() as u8 + (!m.virtual_name.is_empty()) as u8 + m.no_device.is_some() as u8;
+        let kinds = m.ebs.is_some() as u8
+            + (!m.virtual_name.is_empty()) as u8
+            + m.no_device.is_some() as u8;
         if kinds != 1 {
             return Err(Ec2Error::new(
                 ErrorCode::InvalidBlockDeviceMapping,
@@ -201,13 +217,21 @@ fn parse(mappings: &[BlockDeviceMapping], need_source: bool) -> Ec2Result<Vec<Pa
             ));
         }
         if m.no_device.is_some() {
-            out.push(Parsed::NoDevice { device_name: m.device_name.clone() });
+            out.push(Parsed::NoDevice {
+                device_name: m.device_name.clone(),
+            });
         } else if !m.virtual_name.is_empty() {
-            let n = m.virtual_name.strip_prefix("ephemeral").and_then(|n| n.parse::<u32>().ok());
+            let n = m
+                .virtual_name
+                .strip_prefix("ephemeral")
+                .and_then(|n| n.parse::<u32>().ok());
             if !matches!(n, Some(0..=23)) {
                 return Err(Ec2Error::new(
                     ErrorCode::InvalidBlockDeviceMapping,
-                    format!("Invalid virtual name {} (expecting ephemeral0..ephemeral23)", m.virtual_name),
+                    format!(
+                        "Invalid virtual name {} (expecting ephemeral0..ephemeral23)",
+                        m.virtual_name
+                    ),
                 ));
             }
             out.push(Parsed::Ephemeral {
@@ -226,7 +250,10 @@ fn parse(mappings: &[BlockDeviceMapping], need_source: bool) -> Ec2Result<Vec<Pa
                     ),
                 ));
             }
-            out.push(Parsed::Ebs { device_name: m.device_name.clone(), ebs: ebs.clone() });
+            out.push(Parsed::Ebs {
+                device_name: m.device_name.clone(),
+                ebs: ebs.clone(),
+            });
         }
     }
     Ok(out)
@@ -271,7 +298,14 @@ pub fn resolve_ebs(
         ErrorCode::InvalidBlockDeviceMapping,
     )?;
     let (encrypted, kms) = match snapshot {
-        Some((_, _, true, key)) => (true, if ebs.kms_key_id.is_empty() { key.to_string() } else { ebs.kms_key_id.clone() }),
+        Some((_, _, true, key)) => (
+            true,
+            if ebs.kms_key_id.is_empty() {
+                key.to_string()
+            } else {
+                ebs.kms_key_id.clone()
+            },
+        ),
         Some((_, _, false, _)) => (ebs.encrypted.unwrap_or(false), ebs.kms_key_id.clone()),
         None => (ebs.encrypted.unwrap_or(false), ebs.kms_key_id.clone()),
     };
@@ -339,33 +373,72 @@ mod tests {
     use super::*;
 
     fn ebs(size: Option<i32>, vt: &str) -> EbsBlockDevice {
-        EbsBlockDevice { volume_size: size, volume_type: vt.into(), ..Default::default() }
+        EbsBlockDevice {
+            volume_size: size,
+            volume_type: vt.into(),
+            ..Default::default()
+        }
     }
 
     #[test]
     fn sizes_per_type() {
         let c = ErrorCode::InvalidParameterValue;
         assert!(volume_params("gp2", "gp2", Some(1), None, None, None, c).is_ok());
-        assert_eq!(volume_params("gp2", "gp2", Some(16_385), None, None, None, c).unwrap_err().code, c);
-        assert_eq!(volume_params("st1", "gp2", Some(124), None, None, None, c).unwrap_err().code, c);
-        assert_eq!(volume_params("io1", "gp2", Some(10), None, None, None, c).unwrap_err().code, ErrorCode::MissingParameter);
-        assert_eq!(volume_params("gp9", "gp2", Some(10), None, None, None, c).unwrap_err().code, ErrorCode::InvalidParameterValue);
+        assert_eq!(
+            volume_params("gp2", "gp2", Some(16_385), None, None, None, c)
+                .unwrap_err()
+                .code,
+            c
+        );
+        assert_eq!(
+            volume_params("st1", "gp2", Some(124), None, None, None, c)
+                .unwrap_err()
+                .code,
+            c
+        );
+        assert_eq!(
+            volume_params("io1", "gp2", Some(10), None, None, None, c)
+                .unwrap_err()
+                .code,
+            ErrorCode::MissingParameter
+        );
+        assert_eq!(
+            volume_params("gp9", "gp2", Some(10), None, None, None, c)
+                .unwrap_err()
+                .code,
+            ErrorCode::InvalidParameterValue
+        );
         let p = volume_params("", "gp3", None, Some(("snap-12345678", 8)), None, None, c).unwrap();
         assert_eq!((p.size, p.iops, p.throughput), (8, 3000, 125));
     }
 
     #[test]
     fn smaller_than_snapshot_is_ec2s_message() {
-        let e = resolve_ebs("/dev/sda1", &ebs(Some(5), ""), Some(("snap-12345678", 8, false, "")), false).unwrap_err();
+        let e = resolve_ebs(
+            "/dev/sda1",
+            &ebs(Some(5), ""),
+            Some(("snap-12345678", 8, false, "")),
+            false,
+        )
+        .unwrap_err();
         assert_eq!(e.code, ErrorCode::InvalidBlockDeviceMapping);
-        assert_eq!(e.message, "Volume of size 5GB is smaller than snapshot 'snap-12345678', expect size >= 8GB");
+        assert_eq!(
+            e.message,
+            "Volume of size 5GB is smaller than snapshot 'snap-12345678', expect size >= 8GB"
+        );
     }
 
     #[test]
     fn encrypted_with_snapshot_fails() {
         let mut e = ebs(None, "");
         e.encrypted = Some(false);
-        let err = resolve_ebs("/dev/sda1", &e, Some(("snap-12345678", 8, false, "")), false).unwrap_err();
+        let err = resolve_ebs(
+            "/dev/sda1",
+            &e,
+            Some(("snap-12345678", 8, false, "")),
+            false,
+        )
+        .unwrap_err();
         assert_eq!(err.code, ErrorCode::InvalidBlockDeviceMapping);
     }
 
@@ -377,12 +450,36 @@ mod tests {
             ebs: Some(ebs(Some(1), "")),
             no_device: None,
         };
-        assert_eq!(parse_mappings(&[two]).unwrap_err().code, ErrorCode::InvalidBlockDeviceMapping);
-        let bad = BlockDeviceMapping { device_name: "/dev/sdb".into(), virtual_name: "ephemeral99".into(), ..Default::default() };
-        assert_eq!(parse_mappings(&[bad]).unwrap_err().code, ErrorCode::InvalidBlockDeviceMapping);
-        let ok = BlockDeviceMapping { device_name: "/dev/sdb".into(), no_device: Some(String::new()), ..Default::default() };
-        assert_eq!(parse_mappings(&[ok.clone(), ok]).unwrap_err().code, ErrorCode::InvalidBlockDeviceMapping);
-        let bad_dev = BlockDeviceMapping { device_name: "/dev/fd0".into(), no_device: Some(String::new()), ..Default::default() };
-        assert_eq!(parse_mappings(&[bad_dev]).unwrap_err().code, ErrorCode::InvalidBlockDeviceMapping);
+        assert_eq!(
+            parse_mappings(&[two]).unwrap_err().code,
+            ErrorCode::InvalidBlockDeviceMapping
+        );
+        let bad = BlockDeviceMapping {
+            device_name: "/dev/sdb".into(),
+            virtual_name: "ephemeral99".into(),
+            ..Default::default()
+        };
+        assert_eq!(
+            parse_mappings(&[bad]).unwrap_err().code,
+            ErrorCode::InvalidBlockDeviceMapping
+        );
+        let ok = BlockDeviceMapping {
+            device_name: "/dev/sdb".into(),
+            no_device: Some(String::new()),
+            ..Default::default()
+        };
+        assert_eq!(
+            parse_mappings(&[ok.clone(), ok]).unwrap_err().code,
+            ErrorCode::InvalidBlockDeviceMapping
+        );
+        let bad_dev = BlockDeviceMapping {
+            device_name: "/dev/fd0".into(),
+            no_device: Some(String::new()),
+            ..Default::default()
+        };
+        assert_eq!(
+            parse_mappings(&[bad_dev]).unwrap_err().code,
+            ErrorCode::InvalidBlockDeviceMapping
+        );
     }
 }

@@ -947,7 +947,9 @@ mod digest_tests {
         h.given([image("ami-00000000000000001", "one")]);
         // Tuple-keyed maps (names, client tokens) and timers are populated.
         assert!(!h.state.image_names.is_empty() && !h.state.client_tokens.is_empty());
-        h.state.canonical_bytes().expect("the projection serialises");
+        h.state
+            .canonical_bytes()
+            .expect("the projection serialises");
         let one = h.state.digest();
         assert_eq!(one.len(), 64, "{one}");
         h.given([image("ami-00000000000000002", "two")]);

@@ -5,6 +5,7 @@
 use std::pin::Pin;
 use std::sync::Arc;
 
+use amisim_core::{ids, Command, Reply};
 use amisim_log::LogError;
 use amisim_proto::region_server::Region;
 use amisim_proto::{
@@ -13,7 +14,6 @@ use amisim_proto::{
 };
 use futures::{Stream, StreamExt};
 use tokio::sync::watch;
-use amisim_core::{ids, Command, Reply};
 use tonic::{Request, Response, Status};
 use tracing::Instrument;
 

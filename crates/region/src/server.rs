@@ -8,8 +8,8 @@ use amisim_proto::audit_server::AuditServer;
 use amisim_proto::ec2_server::Ec2Server;
 use amisim_proto::kms_server::KmsServer;
 use amisim_proto::region_server::RegionServer;
-use tonic::transport::server::TcpIncoming;
 use tonic::service::interceptor::InterceptedService;
+use tonic::transport::server::TcpIncoming;
 use tonic::transport::Server;
 use tonic_health::ServingStatus;
 
