@@ -1128,7 +1128,7 @@ pub fn render_image(state: &State, img: &Image, ctx: &ReadCtx<'_>) -> pb::Image 
         } else {
             Vec::new()
         },
-        deprecation_time: String::new(),
+        deprecation_time: img.deprecation_time_ms.map(time::iso).unwrap_or_default(),
         deregistration_protection: "disabled".to_string(),
         last_launched_time: last_launched,
         source_instance_id: d.source_instance_id.clone(),

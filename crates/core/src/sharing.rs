@@ -1221,6 +1221,10 @@ pub fn shared_with_account(
 // Apply
 // -------------------------------------------------------------------------------------------
 
+/// A public AMI is deprecated two years after its creation unless an earlier time is set
+/// (EC2_SEMANTICS.md §5.10).
+pub const PUBLIC_DEPRECATION_MS: u64 = 2 * 365 * 24 * 3_600_000;
+
 /// Folds a sharing event into the state (unknown ids are ignored, as everywhere in `apply`).
 pub(crate) fn apply(state: &mut State, p: &Payload) {
     match p {
@@ -1233,6 +1237,10 @@ pub(crate) fn apply(state: &mut State, p: &Payload) {
                 }
                 for r in &e.added {
                     if let Some(p) = from_record(r) {
+                        if p == LaunchPermission::All && img.deprecation_time_ms.is_none() {
+                            img.deprecation_time_ms =
+                                Some(img.registered.creation_date_ms + PUBLIC_DEPRECATION_MS);
+                        }
                         img.launch_permissions.insert(p);
                     }
                 }

@@ -75,6 +75,9 @@ pub struct Image {
     pub launch_permissions: OrdSet<LaunchPermission>,
     /// When a deregistered image stops being visible.
     pub forget_at_ms: Option<u64>,
+    /// `DeprecationTime`: set to creation + 2 years when the image is first made public
+    /// (EC2_SEMANTICS.md §5.10; mechanism [unconfirmed]). Derived from the sharing events.
+    pub deprecation_time_ms: Option<u64>,
 }
 
 /// The fields of `ImageRegistered`, kept as recorded.
@@ -501,6 +504,7 @@ impl State {
                         tags: tags_from(&e.tags),
                         launch_permissions: OrdSet::new(),
                         forget_at_ms: None,
+                        deprecation_time_ms: None,
                     },
                 );
             }

@@ -2164,3 +2164,32 @@ fn aws_managed_keys_are_recognised_in_every_form() {
         "Encrypted snapshots with EBS default key cannot be shared"
     );
 }
+
+/// [unconfirmed] mechanism (EC2_SEMANTICS.md §5.10): making an AMI public sets its
+/// DeprecationTime to creation + 2 years (730 days here) if none is set; making it private again
+/// keeps the date, and sharing with an account does not set one.
+#[test]
+fn unconfirmed_public_ami_gets_a_deprecation_time_two_years_after_creation() {
+    let mut h = world();
+    let (id, _) = image(&mut h, OWNER, Enc::Plain);
+    ok(&mut h, OWNER, add(&id, vec![user(GRANTEE)]));
+    let shared = describe_image(&h, OWNER, &id).unwrap();
+    assert_eq!(shared.deprecation_time, "", "a private share sets no date");
+
+    ok(&mut h, OWNER, add(&id, vec![group("all")]));
+    let public = describe_image(&h, OWNER, &id).unwrap();
+    let created = h.state.images[&id].registered.creation_date_ms;
+    assert_eq!(
+        public.deprecation_time,
+        crate::time::iso(created + 730 * 24 * 3_600_000)
+    );
+    // Later changes keep the first date: private, then public again.
+    h.now_ms += 3_600_000;
+    ok(&mut h, OWNER, remove(&id, vec![group("all")]));
+    ok(&mut h, OWNER, add(&id, vec![group("all")]));
+    assert_eq!(
+        describe_image(&h, OWNER, &id).unwrap().deprecation_time,
+        public.deprecation_time
+    );
+    h.assert_replay_equals_live();
+}
