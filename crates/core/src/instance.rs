@@ -577,6 +577,7 @@ pub fn run_instances(
                 state_transition_reason: String::new(),
                 state_reason_code: INVALID_KMS_KEY_CODE.into(),
                 state_reason_message: INVALID_KMS_KEY_MESSAGE.into(),
+                launch_time_ms: 0,
             }));
             continue;
         }
@@ -686,6 +687,12 @@ fn transition(
         state_transition_reason: reason,
         state_reason_code: code,
         state_reason_message: message,
+        // EC2 sets LaunchTime anew when a stopped instance starts.
+        launch_time_ms: if to == InstanceState::Pending {
+            ctx.now_ms
+        } else {
+            0
+        },
     })
 }
 
@@ -2171,6 +2178,7 @@ mod tests {
                 state_reason_code: "Client.UserInitiatedShutdown".into(),
                 state_reason_message: "Client.UserInitiatedShutdown: User initiated shutdown"
                     .into(),
+                launch_time_ms: 0,
             })]
         );
         assert_eq!(changes(d), vec![(iid.clone(), 16, 64)]);
@@ -2386,6 +2394,32 @@ mod tests {
         let d = h.when(OWNER, stop(&[&a, &b])).unwrap();
         assert!(d.events.is_empty());
         assert_eq!(changes(d), vec![(a.clone(), 80, 80), (b.clone(), 80, 80)]);
+        h.assert_replay_equals_live();
+    }
+
+    #[test]
+    fn a_start_sets_a_new_launch_time_and_clears_the_stop_reason() {
+        let mut h = world();
+        let iid = launch_one(&mut h, AMI);
+        h.advance(10_000);
+        let first = describe(&h, OWNER, pb::DescribeInstancesRequest::default()).unwrap();
+        let launched = first.reservations[0].instances[0].launch_time.clone();
+        h.when(OWNER, stop(&[&iid])).unwrap();
+        h.advance(10_000);
+        let stopped = describe(&h, OWNER, pb::DescribeInstancesRequest::default()).unwrap();
+        assert!(stopped.reservations[0].instances[0]
+            .state_transition_reason
+            .starts_with("User initiated"));
+        h.advance(60_000);
+        let started_at = h.now_ms;
+        h.when(OWNER, start(&[&iid])).unwrap();
+        h.advance(10_000);
+        let again = describe(&h, OWNER, pb::DescribeInstancesRequest::default()).unwrap();
+        let i = &again.reservations[0].instances[0];
+        assert_eq!(i.state.as_ref().map(|s| s.name.as_str()), Some("running"));
+        assert_ne!(i.launch_time, launched);
+        assert_eq!(i.launch_time, crate::time::iso(started_at));
+        assert_eq!(i.state_transition_reason, "");
         h.assert_replay_equals_live();
     }
 

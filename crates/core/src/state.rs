@@ -785,6 +785,13 @@ impl State {
                     }
                     if let Some(s) = InstanceState::parse(&e.state) {
                         i.state = s;
+                        if s == InstanceState::Pending {
+                            // A (re)start leaves no stop reason behind.
+                            i.state_transition_reason.clear();
+                        }
+                    }
+                    if e.launch_time_ms > 0 {
+                        i.launch_time_ms = e.launch_time_ms;
                     }
                     if let Some(n) = InstanceState::parse(&e.next_state) {
                         i.next = Some((n, e.next_at_ms));
