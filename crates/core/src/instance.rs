@@ -714,23 +714,23 @@ pub fn stop_instances(
             ));
         }
     }
-    for i in &insts {
-        if matches!(
-            i.state,
-            InstanceState::Pending | InstanceState::ShuttingDown | InstanceState::Terminated
-        ) {
-            return Err(incorrect_state(&i.instance_id, "stopped"));
-        }
-    }
-    let ms = ctx.config.instance_stop_ms;
     let (events, changes) = move_all(
         insts,
         ctx,
-        InstanceState::Running,
-        (InstanceState::Stopping, InstanceState::Stopped),
-        ms,
-        true,
-    );
+        &Move {
+            refuse: &[
+                InstanceState::Pending,
+                InstanceState::ShuttingDown,
+                InstanceState::Terminated,
+            ],
+            verb: "stopped",
+            from: InstanceState::Running,
+            via: InstanceState::Stopping,
+            to: InstanceState::Stopped,
+            ms: ctx.config.instance_stop_ms,
+            user_initiated: true,
+        },
+    )?;
     Ok(Decision::new(
         events,
         Reply::StopInstances(pb::StopInstancesResponse {
@@ -739,27 +739,38 @@ pub fn stop_instances(
     ))
 }
 
-/// Moves every instance in state `from` to `via` (and on to `to` after `ms`); the others are
-/// reported unchanged. Shared by StopInstances and StartInstances.
+/// A StopInstances or StartInstances move: instances in a `refuse` state fail the whole call
+/// (`IncorrectInstanceState`, nothing written); those in `from` go to `via`, then to `to` after
+/// `ms`; the others are reported unchanged.
+struct Move {
+    refuse: &'static [InstanceState],
+    verb: &'static str,
+    from: InstanceState,
+    via: InstanceState,
+    to: InstanceState,
+    ms: u64,
+    user_initiated: bool,
+}
+
 fn move_all(
     insts: Vec<&Instance>,
     ctx: &Ctx<'_>,
-    from: InstanceState,
-    (via, to): (InstanceState, InstanceState),
-    ms: u64,
-    user_initiated: bool,
-) -> (Vec<Payload>, Vec<pb::InstanceStateChange>) {
+    m: &Move,
+) -> Ec2Result<(Vec<Payload>, Vec<pb::InstanceStateChange>)> {
+    if let Some(i) = insts.iter().find(|i| m.refuse.contains(&i.state)) {
+        return Err(incorrect_state(&i.instance_id, m.verb));
+    }
     let mut events = Vec::new();
     let mut changes = Vec::new();
     for i in insts {
-        if i.state == from {
-            events.push(transition(i, ctx, via, to, ms, user_initiated));
-            changes.push(change(&i.instance_id, i.state, via));
+        if i.state == m.from {
+            events.push(transition(i, ctx, m.via, m.to, m.ms, m.user_initiated));
+            changes.push(change(&i.instance_id, i.state, m.via));
         } else {
             changes.push(change(&i.instance_id, i.state, i.state));
         }
     }
-    (events, changes)
+    Ok((events, changes))
 }
 
 /// StartInstances: `stopped → pending → running`.
@@ -769,23 +780,23 @@ pub fn start_instances(
     r: pb::StartInstancesRequest,
 ) -> Ec2Result<Decision> {
     let insts = targets(state, ctx, &r.instance_ids, r.dry_run)?;
-    for i in &insts {
-        if matches!(
-            i.state,
-            InstanceState::Stopping | InstanceState::ShuttingDown | InstanceState::Terminated
-        ) {
-            return Err(incorrect_state(&i.instance_id, "started"));
-        }
-    }
-    let ms = ctx.config.instance_start_ms;
     let (events, changes) = move_all(
         insts,
         ctx,
-        InstanceState::Stopped,
-        (InstanceState::Pending, InstanceState::Running),
-        ms,
-        false,
-    );
+        &Move {
+            refuse: &[
+                InstanceState::Stopping,
+                InstanceState::ShuttingDown,
+                InstanceState::Terminated,
+            ],
+            verb: "started",
+            from: InstanceState::Stopped,
+            via: InstanceState::Pending,
+            to: InstanceState::Running,
+            ms: ctx.config.instance_start_ms,
+            user_initiated: false,
+        },
+    )?;
     Ok(Decision::new(
         events,
         Reply::StartInstances(pb::StartInstancesResponse {
