@@ -9,11 +9,10 @@
 //! but wall time and the hash chain over it), and another seed another sampled schedule.
 
 use std::collections::BTreeMap;
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use amisim_chaos::{Clock, LinkControl, LinkModel, LinkSpec, LinkTable, VirtualClock};
+use amisim_chaos::{LinkControl, LinkModel, LinkSpec, LinkTable};
 use amisim_coordinator::follower::FollowerConfig;
 use amisim_coordinator::{FollowerSet, RegionRoutes, SagaConfig, SagaDriver};
 use amisim_log::MemoryLog;
@@ -27,21 +26,13 @@ use amisim_proto::{
 };
 use amisim_region::{serve, RegionConfig, RegionNode};
 use tokio::net::TcpListener;
-use tokio::sync::oneshot;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 
-const REGIONS: [&str; 3] = ["us-east-1", "eu-west-1", "ap-south-1"];
-/// 2024-05-01T00:00:00Z.
-const T0: u64 = 1_714_521_600_000;
+mod common;
+use common::{lazy, Node, REGIONS, T0};
+
 const MIB: u64 = 1024 * 1024;
 const WAIT: Duration = Duration::from_secs(30);
-
-struct Node {
-    node: Arc<RegionNode>,
-    clock: VirtualClock,
-    addr: SocketAddr,
-    _stop: oneshot::Sender<()>,
-}
 
 struct Cluster {
     nodes: BTreeMap<String, Node>,
@@ -51,46 +42,9 @@ struct Cluster {
     driver: SagaDriver,
 }
 
-fn lazy(addr: &str) -> Channel {
-    Endpoint::from_shared(format!("http://{addr}"))
-        .unwrap()
-        .connect_timeout(Duration::from_secs(1))
-        .connect_lazy()
-}
-
 impl Cluster {
     async fn start(table: LinkTable, seed: u64) -> Cluster {
-        let mut nodes = BTreeMap::new();
-        let mut routes = RegionRoutes::new();
-        for (i, name) in REGIONS.iter().enumerate() {
-            let cfg = RegionConfig {
-                seed: Some(100 + i as u64),
-                ..RegionConfig::new(*name)
-            };
-            let clock = VirtualClock::new(T0);
-            let c = clock.clone();
-            let node = RegionNode::start_with_clock(cfg, Arc::new(MemoryLog::new()), move |last| {
-                c.set(last);
-                Arc::new(c) as Arc<dyn Clock>
-            })
-            .unwrap();
-            let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-            let addr = listener.local_addr().unwrap();
-            let (stop, stopped) = oneshot::channel::<()>();
-            tokio::spawn(serve(node.clone(), listener, async move {
-                let _ = stopped.await;
-            }));
-            routes.insert(name, lazy(&addr.to_string())).unwrap();
-            nodes.insert(
-                name.to_string(),
-                Node {
-                    node,
-                    clock,
-                    addr,
-                    _stop: stop,
-                },
-            );
-        }
+        let (nodes, routes) = common::start_nodes().await;
         let links = LinkControl::new(table, seed);
         let routes = routes.with_chaos(links.clone());
         let followers = FollowerSet::follow_routes(

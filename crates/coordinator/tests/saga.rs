@@ -10,18 +10,16 @@
 //! after a driver restart, and that the coordinator's projection digests equal each node's.
 
 use std::collections::BTreeMap;
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use amisim_chaos::{Clock, LinkSpec, LinkTable, VirtualClock};
+use amisim_chaos::{LinkSpec, LinkTable};
 use amisim_coordinator::follower::FollowerConfig;
 use amisim_coordinator::saga::DriveStep;
 use amisim_coordinator::{
     serve_coordinator, CoordinatorService, FollowerSet, Projection, RegionRoutes, SagaConfig,
     SagaDriver,
 };
-use amisim_log::MemoryLog;
 use amisim_proto::coordinator_client::CoordinatorClient;
 use amisim_proto::ec2_client::Ec2Client;
 use amisim_proto::event::Payload;
@@ -32,25 +30,17 @@ use amisim_proto::{
     EbsBlockDevice, Event, EventRef, GetStateDigestRequest, Image, ListCopiesRequest,
     RegisterImageRequest, Snapshot, StreamEventsRequest,
 };
-use amisim_region::{serve, RegionConfig, RegionNode};
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tonic::transport::{Channel, Endpoint};
 
-const REGIONS: [&str; 3] = ["us-east-1", "eu-west-1", "ap-south-1"];
-/// 2024-05-01T00:00:00Z.
-const T0: u64 = 1_714_521_600_000;
+mod common;
+use common::{lazy, Node, REGIONS};
+
 const MIB: u64 = 1024 * 1024;
 const WAIT: Duration = Duration::from_secs(20);
 
 // ---- the cluster -----------------------------------------------------------------------------
-
-struct Node {
-    node: Arc<RegionNode>,
-    clock: VirtualClock,
-    addr: SocketAddr,
-    _stop: oneshot::Sender<()>,
-}
 
 struct Cluster {
     nodes: BTreeMap<String, Node>,
@@ -77,49 +67,11 @@ fn fast_sagas() -> SagaConfig {
     }
 }
 
-/// A lazily connecting channel to `addr`.
-fn lazy(addr: &str) -> Channel {
-    Endpoint::from_shared(format!("http://{addr}"))
-        .unwrap()
-        .connect_timeout(Duration::from_secs(1))
-        .connect_lazy()
-}
-
 impl Cluster {
     /// Three nodes, followers, and (if `links` is given) a saga driver whose monitor the
     /// Coordinator service reports; else no driver (the test starts its own).
     async fn start(links: Option<LinkTable>) -> (Cluster, Option<SagaDriver>) {
-        let mut nodes = BTreeMap::new();
-        let mut routes = RegionRoutes::new();
-        for (i, name) in REGIONS.iter().enumerate() {
-            let cfg = RegionConfig {
-                seed: Some(100 + i as u64),
-                ..RegionConfig::new(*name)
-            };
-            let clock = VirtualClock::new(T0);
-            let c = clock.clone();
-            let node = RegionNode::start_with_clock(cfg, Arc::new(MemoryLog::new()), move |last| {
-                c.set(last);
-                Arc::new(c) as Arc<dyn Clock>
-            })
-            .unwrap();
-            let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-            let addr = listener.local_addr().unwrap();
-            let (stop, stopped) = oneshot::channel::<()>();
-            tokio::spawn(serve(node.clone(), listener, async move {
-                let _ = stopped.await;
-            }));
-            routes.insert(name, lazy(&addr.to_string())).unwrap();
-            nodes.insert(
-                name.to_string(),
-                Node {
-                    node,
-                    clock,
-                    addr,
-                    _stop: stop,
-                },
-            );
-        }
+        let (nodes, routes) = common::start_nodes().await;
         let followers = FollowerSet::follow_routes(&routes, fast_followers()).unwrap();
         let driver = links
             .map(|l| SagaDriver::spawn(followers.projection(), routes.clone(), l, fast_sagas()));
