@@ -101,6 +101,25 @@ pub fn check_snapshots(account: &str, req: &DescribeSnapshotsRequest) -> Result<
     Ok(page)
 }
 
+/// The ids (each once, in request order) that no region of `regions` holds, by `held`.
+fn missing_ids<'a>(
+    snap: &ProjectionSnapshot,
+    regions: &[String],
+    ids: &'a [String],
+    held: impl Fn(&amisim_core::State, &str) -> bool,
+) -> Vec<&'a str> {
+    let mut missing: Vec<&str> = Vec::new();
+    for id in ids {
+        let found = regions
+            .iter()
+            .any(|r| snap.region(r).is_some_and(|s| held(&s.state, id)));
+        if !found && !missing.contains(&id.as_str()) {
+            missing.push(id);
+        }
+    }
+    missing
+}
+
 /// DescribeImages over `regions` (already checked to be in `snap`) as `account`, with no
 /// organization membership (see [`describe_images_with`]).
 pub fn describe_images(
@@ -124,16 +143,9 @@ pub fn describe_images_with(
     let page = check_images(account, &req)?;
     let ids_given = !req.image_ids.is_empty();
     if ids_given {
-        let mut missing: Vec<&str> = Vec::new();
-        for id in &req.image_ids {
-            let held = regions.iter().any(|r| {
-                snap.region(r)
-                    .is_some_and(|s| s.state.images.contains_key(id))
-            });
-            if !held && !missing.contains(&id.as_str()) {
-                missing.push(id);
-            }
-        }
+        let missing = missing_ids(snap, regions, &req.image_ids, |s, id| {
+            s.images.contains_key(id)
+        });
         if !missing.is_empty() {
             return Err(Ec2Error::image_not_found(&missing));
         }
@@ -193,16 +205,9 @@ pub fn describe_snapshots_with(
     let page = check_snapshots(account, &req)?;
     let ids_given = !req.snapshot_ids.is_empty();
     if ids_given {
-        let mut missing: Vec<&str> = Vec::new();
-        for id in &req.snapshot_ids {
-            let held = regions.iter().any(|r| {
-                snap.region(r)
-                    .is_some_and(|s| s.state.snapshots.contains_key(id))
-            });
-            if !held && !missing.contains(&id.as_str()) {
-                missing.push(id);
-            }
-        }
+        let missing = missing_ids(snap, regions, &req.snapshot_ids, |s, id| {
+            s.snapshots.contains_key(id)
+        });
         if !missing.is_empty() {
             return Err(Ec2Error::snapshot_not_found(&missing.join(", ")));
         }
