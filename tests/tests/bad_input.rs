@@ -387,8 +387,15 @@ async fn oversized_message_is_refused_and_the_node_keeps_serving() {
         .create_volume(req(vol(Some(8), "gp3"), R))
         .await
         .expect("CreateVolume after an oversized message");
-    assert!(v.into_inner().volume_id.starts_with("vol-"));
-    assert_eq!(head_seq(&mut n.admin).await, before + 1);
+    let volume_id = v.into_inner().volume_id;
+    assert!(volume_id.starts_with("vol-"));
+    // The write was logged. The clock may already have fired the volume's
+    // creating→available timer too, so the head moved by one or two events.
+    let after = head_seq(&mut n.admin).await;
+    assert!(
+        (before + 1..=before + 2).contains(&after),
+        "head went from {before} to {after} for one CreateVolume"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
