@@ -48,6 +48,8 @@ use tonic_health::pb::HealthCheckRequest;
 
 use crate::shutdown::Shutdown;
 
+mod copy_completion;
+
 /// The default operation mix.
 pub const DEFAULT_MIX: &str =
     "register=50,describe-id=30,describe-filter=10,describe-owner=5,create-snapshot=5";
@@ -129,6 +131,29 @@ pub struct BenchArgs {
     /// modify-attribute act on them).
     #[arg(long, value_name = "N", default_value_t = 1000)]
     pub preload_images: u64,
+
+    /// Calls in flight during the preload (its RegisterImage calls are group-committed by the
+    /// node, so a high value loads 1,000,000 real images in minutes). Default: the largest
+    /// --concurrency, at least 64.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    pub preload_concurrency: Option<u32>,
+
+    /// Instead of the mixes: time N cross-region copies end to end (CopyImage accepted →
+    /// image available in the destination) in an in-process cluster (us-east-1 → eu-west-1 and
+    /// a coordinator, on a scaled clock at --time-scale), and report what each adds beyond its
+    /// simulated duration (issue 7: at most 5 ms).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    pub copy_completion: Option<u32>,
+
+    /// With --copy-completion: the link between the two regions, `LATENCY_MS:MIB_PER_S` in
+    /// simulated time.
+    #[arg(
+        long,
+        value_name = "MS:MIB",
+        default_value = "1000:1024",
+        requires = "copy_completion"
+    )]
+    pub copy_link: String,
 
     /// Volumes per account made before the run; each gets one snapshot (the snapshots images
     /// are registered from; create-snapshot cycles over the volumes).
@@ -831,7 +856,10 @@ where
 
 async fn preload(target: &Target, args: &BenchArgs, prefix: String) -> anyhow::Result<Fixture> {
     let accounts = target.accounts.len();
-    let conc = args.concurrency.iter().copied().max().unwrap_or(1) as usize;
+    let conc = args
+        .preload_concurrency
+        .unwrap_or_else(|| args.concurrency.iter().copied().max().unwrap_or(1).max(64))
+        as usize;
     let vpa = args.volumes_per_account as usize;
     let az = format!("{}a", args.region);
     let mut fx = Fixture {
@@ -1327,6 +1355,9 @@ impl Embedded {
 
 pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     let seed = args.seed.unwrap_or_else(rand::random);
+    if let Some(copies) = args.copy_completion {
+        return copy_completion::run(&args, copies, seed).await;
+    }
     let prefix = format!("bench-{:08x}", rand::random::<u32>());
     let accounts: Vec<String> = (0..u64::from(args.accounts))
         .map(|n| format!("{:012}", ACCOUNT_BASE + n))
@@ -1432,6 +1463,11 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     );
 
     let outcome = bench(&args, seed, &url, region, account_md, prefix.clone()).await;
+    let writer = embedded.as_ref().map(|e| e.node.writer_stats());
+    if let Some(w) = &writer {
+        // Group commit, observed: commands per round and the cost of each flush + fsync.
+        println!("amisim bench: embedded node writer (preload and every phase): {w}");
+    }
     if let Some(e) = embedded {
         let stopped = e.stop().await;
         if outcome.is_ok() {
@@ -1443,6 +1479,16 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         let mut report = report;
         report["params"]["endpoint"] = json!(url);
         report["params"]["name_prefix"] = json!(prefix);
+        if let Some(w) = writer {
+            report["writer"] = json!({
+                "rounds": w.rounds,
+                "commands": w.commands,
+                "events": w.events,
+                "group_commits": w.appends,
+                "append_micros": w.append_micros,
+                "max_batch": w.max_batch,
+            });
+        }
         let text = serde_json::to_string_pretty(&report).context("cannot encode the report")?;
         std::fs::write(path, text + "\n")
             .with_context(|| format!("cannot write the JSON report to {}", path.display()))?;

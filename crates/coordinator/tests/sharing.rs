@@ -280,7 +280,8 @@ async fn what_is_shared_with_an_account_in_every_region() {
         let node = w.nodes[i].0.clone();
         let image = id.clone();
         let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-        while node.state().images[&image].state != amisim_core::state::ImageState::Available {
+        while node.state().images[image.as_str()].state != amisim_core::state::ImageState::Available
+        {
             assert!(tokio::time::Instant::now() < deadline, "image available");
             tokio::time::sleep(Duration::from_millis(5)).await;
         }

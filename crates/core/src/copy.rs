@@ -39,7 +39,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use amisim_proto::event::Payload;
 use amisim_proto::{self as pb, saga_step::Step, EventRef, LinkParams};
 use prost::Message;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::error::{Ec2Error, Ec2Result, ErrorCode};
 use crate::ids::{self, Kind};
@@ -73,7 +73,7 @@ const NOT_STARTED: u64 = u64::MAX;
 // -------------------------------------------------------------------------------------------
 
 /// What is copied.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 pub enum CopyKind {
     Image,
     Snapshot,
@@ -98,7 +98,7 @@ impl CopyKind {
 }
 
 /// A copy into this region, as requested (`ImageCopyRequested` / `SnapshotCopyRequested`).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CopyTask {
     pub copy_id: String,
     pub kind: CopyKind,
@@ -168,7 +168,7 @@ impl CopyTask {
 
 /// A copy source read in this region (saga step ReadCopySource), kept so a retry answers the
 /// same.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CopyReadRecord {
     pub dest_region: String,
     pub dest_id: String,
@@ -188,7 +188,7 @@ impl CopyReadRecord {
 }
 
 /// Where a copy into this region stands (derived from its target's state).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum CopyPhase {
     /// Requested: the coordinator must read the source and start it.
     AwaitingStart,
@@ -206,12 +206,15 @@ impl State {
     /// The phase of a copy into this region.
     pub fn copy_phase(&self, task: &CopyTask) -> CopyPhase {
         let settled = match task.kind {
-            CopyKind::Image => self.images.get(&task.dest_id).map(|i| match i.state {
-                ImageState::Pending => None,
-                ImageState::Available | ImageState::Disabled => Some(CopyPhase::Done),
-                ImageState::Failed => Some(CopyPhase::Failed),
-                ImageState::Deregistered => Some(CopyPhase::Gone),
-            }),
+            CopyKind::Image => self
+                .images
+                .get(task.dest_id.as_str())
+                .map(|i| match i.state {
+                    ImageState::Pending => None,
+                    ImageState::Available | ImageState::Disabled => Some(CopyPhase::Done),
+                    ImageState::Failed => Some(CopyPhase::Failed),
+                    ImageState::Deregistered => Some(CopyPhase::Gone),
+                }),
             CopyKind::Snapshot => self.snapshots.get(&task.dest_id).map(|s| match s.state {
                 SnapshotState::Pending => None,
                 SnapshotState::Completed => Some(CopyPhase::Done),
@@ -513,10 +516,7 @@ fn key_inaccessible(state: &State, region: &str, s: &Snapshot, account: &str) ->
 }
 
 fn check_name_free(state: &State, owner: &str, name: &str) -> Ec2Result<()> {
-    match state
-        .image_names
-        .get(&(owner.to_string(), name.to_string()))
-    {
+    match state.image_names.get(&(owner.into(), name.into())) {
         Some(id) => Err(Ec2Error::new(
             ErrorCode::InvalidAmiNameDuplicate,
             format!("AMI name {name} is already in use by AMI {id}"),
@@ -1106,7 +1106,7 @@ fn start_copy(state: &State, ctx: &mut Ctx<'_>, s: pb::StartCopy) -> Ec2Result<S
     }
     let link = s.link.as_ref();
     let (events, outcome) = match task.kind {
-        CopyKind::Image => match state.images.get(&task.dest_id) {
+        CopyKind::Image => match state.images.get(task.dest_id.as_str()) {
             Some(img) => start_image_copy(state, ctx, task, img, source, link),
             None => return Ok(idle("cancelled")),
         },
@@ -1133,7 +1133,7 @@ fn dest_state(state: &State, task: &CopyTask) -> String {
     match task.kind {
         CopyKind::Image => state
             .images
-            .get(&task.dest_id)
+            .get(task.dest_id.as_str())
             .map(|i| i.state.as_str().to_string()),
         CopyKind::Snapshot => state
             .snapshots
@@ -1355,7 +1355,7 @@ pub fn fail_copy_snapshot(state: &State, snapshot_id: &str, message: &str) -> Ve
     })];
     if let Some(img) = state
         .images
-        .get(&s.for_image_id)
+        .get(s.for_image_id.as_str())
         .filter(|i| i.state == ImageState::Pending && i.registered.origin == "copy")
     {
         out.push(image_failed(
@@ -1477,8 +1477,7 @@ pub(crate) fn apply(state: &mut State, p: &Payload) {
                 t.started_at_ms = Some(e.started_at_ms);
             }
             let Some(img) = state
-                .images
-                .get_mut(&e.image_id)
+                .image_mut(&e.image_id)
                 .filter(|i| i.state == ImageState::Pending)
             else {
                 return;
@@ -2449,7 +2448,7 @@ mod tests {
         // snapshot. (Sharing is set by hand: its actions come with the sharing issue.)
         let mut h = Harness::new();
         given_image(&mut h, OWNER, false, &[("Name", "src")]);
-        if let Some(img) = h.state.images.get_mut(AMI) {
+        if let Some(img) = h.state.image_mut(AMI) {
             img.launch_permissions
                 .insert(LaunchPermission::User(OTHER.into()));
             img.launch_permissions.insert(LaunchPermission::All);
@@ -2500,7 +2499,7 @@ mod tests {
         };
         assert_eq!(sc.owner_id, OTHER);
         assert_eq!(sc.complete_at_ms, h.now_ms + 84_613);
-        let copy = h.state.images.get(&mine).unwrap();
+        let copy = h.state.images.get(mine.as_str()).unwrap();
         assert!(copy.launch_permissions.is_empty());
         assert!(!copy.is_public());
         assert!(copy.tags.is_empty());

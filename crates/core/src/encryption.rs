@@ -19,7 +19,7 @@
 
 use amisim_proto as pb;
 use amisim_proto::event::Payload;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::error::{Ec2Error, Ec2Result, ErrorCode};
 use crate::kms::{self, KeyProblem};
@@ -27,7 +27,7 @@ use crate::state::State;
 use crate::{Ctx, Decision, ReadCtx, Reply};
 
 /// The EBS encryption settings of one account in a region.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct EbsSettings {
     /// Encryption by default.
     pub by_default: bool,

@@ -178,10 +178,7 @@ pub fn images_pending_from_instance(state: &State, instance_id: &str) -> Vec<Str
 
 /// `InvalidAMIName.Duplicate` if the owner already has a (not deregistered) image of that name.
 fn check_name_free(state: &State, owner: &str, name: &str) -> Ec2Result<()> {
-    match state
-        .image_names
-        .get(&(owner.to_string(), name.to_string()))
-    {
+    match state.image_names.get(&(owner.into(), name.into())) {
         Some(id) => Err(Ec2Error::new(
             ErrorCode::InvalidAmiNameDuplicate,
             format!("AMI name {name} is already in use by AMI {id}"),
@@ -887,7 +884,7 @@ pub fn deregister_image(
     }
     let img = state
         .images
-        .get(&r.image_id)
+        .get(r.image_id.as_str())
         .filter(|i| is_visible(i, ctx.account_id, ctx.membership))
         .ok_or_else(|| Ec2Error::image_not_found(&[r.image_id.as_str()]))?;
     if img.owner() != ctx.account_id {
@@ -1009,7 +1006,7 @@ fn filter_values(img: &Image, name: &str) -> Vec<String> {
         }
     };
     let ebs = || d.block_device_mappings.iter().filter(|m| m.ebs);
-    let reason = img.state_reason.as_ref();
+    let reason = img.state_reason.as_deref();
     match name {
         "architecture" => one(&d.architecture),
         "block-device-mapping.delete-on-termination" => {
@@ -1085,7 +1082,7 @@ pub fn render_image(state: &State, img: &Image, ctx: &ReadCtx<'_>) -> pb::Image 
         state: img.state.as_str().to_string(),
         state_reason: img
             .state_reason
-            .as_ref()
+            .as_deref()
             .map(|(code, message)| pb::StateReason {
                 code: code.clone(),
                 message: message.clone(),
@@ -1174,6 +1171,7 @@ pub fn describe_images(
         state
             .images
             .get(id)
+            .map(|i| &**i)
             .filter(|i| is_visible(i, caller, membership))
     };
     // 7 Existence of explicit ids.
@@ -1191,6 +1189,7 @@ pub fn describe_images(
             state
                 .images
                 .values()
+                .map(|i| &**i)
                 .filter(|i| is_visible(i, caller, membership)),
         )
     } else {
@@ -1498,7 +1497,7 @@ mod tests {
 
     fn share(h: &mut Harness, id: &str, p: LaunchPermission) {
         // [sim] no sharing events yet (ModifyImageAttribute is a later issue): set the projection.
-        if let Some(img) = h.state.images.get_mut(id) {
+        if let Some(img) = h.state.image_mut(id) {
             img.launch_permissions.insert(p);
         }
     }
@@ -3346,7 +3345,7 @@ mod tests {
         let mut h = Harness::new();
         let id = given_image(&mut h, OWNER, "web-1");
         // [sim] DisableImage is a later issue: set the projection.
-        if let Some(img) = h.state.images.get_mut(&id) {
+        if let Some(img) = h.state.image_mut(&id) {
             img.state = ImageState::Disabled;
         }
         let r = describe(&h, OWNER, pb::DescribeImagesRequest::default()).unwrap();

@@ -466,7 +466,7 @@ pub fn run_instances(
     // 7/8 Existence and permission.
     let image = state
         .images
-        .get(&r.image_id)
+        .get(r.image_id.as_str())
         .filter(|i| crate::sharing::may_launch(i, ctx.account_id, ctx.membership))
         .ok_or_else(|| Ec2Error::image_not_found(&[r.image_id.as_str()]))?;
     // 9 State. [unconfirmed] code for a disabled, pending or failed image.
@@ -1665,9 +1665,11 @@ mod tests {
     fn run_launches_images_shared_with_the_caller_or_public_without_their_snapshots() {
         // No event grants launch permissions yet: set them on the state directly.
         let mut h = world();
-        let mut img = h.state.images[AMI_OTHER].clone();
+        let mut img = (*h.state.images[AMI_OTHER]).clone();
         img.launch_permissions.insert(LP::User(OWNER.into()));
-        h.state.images.insert(AMI_OTHER.into(), img.clone());
+        h.state
+            .images
+            .insert(AMI_OTHER.into(), std::sync::Arc::new(img.clone()));
         let res = launch(&mut h, OWNER, run(AMI_OTHER));
         let v = volume_at(&h, &res.instances[0].instance_id, "/dev/xvda");
         assert_eq!(
@@ -1675,7 +1677,9 @@ mod tests {
             (OWNER, SNAP_OTHER)
         );
         img.launch_permissions = [LP::All].into_iter().collect();
-        h.state.images.insert(AMI_OTHER.into(), img);
+        h.state
+            .images
+            .insert(AMI_OTHER.into(), std::sync::Arc::new(img));
         launch(&mut h, OWNER, run(AMI_OTHER));
     }
 
@@ -1724,9 +1728,9 @@ mod tests {
     #[test]
     fn run_refuses_disabled_images_unconfirmed_code() {
         let mut h = world();
-        let mut img = h.state.images[AMI].clone();
+        let mut img = (*h.state.images[AMI]).clone();
         img.state = IS::Disabled;
-        h.state.images.insert(AMI.into(), img);
+        h.state.images.insert(AMI.into(), std::sync::Arc::new(img));
         fails(
             &mut h,
             OWNER,
@@ -2877,14 +2881,18 @@ mod tests {
         }
 
         /// The n-th key (wrapping), or a well-formed id nobody has.
-        fn pick<V: Clone>(m: &imbl::OrdMap<String, V>, n: usize, none: &str) -> String {
+        fn pick<K: Ord + Clone + AsRef<str>, V: Clone>(
+            m: &imbl::OrdMap<K, V>,
+            n: usize,
+            none: &str,
+        ) -> String {
             let len = m.len();
             if len == 0 {
                 return none.to_string();
             }
             m.keys()
                 .nth(n % len)
-                .cloned()
+                .map(|k| k.as_ref().to_string())
                 .unwrap_or_else(|| none.to_string())
         }
 

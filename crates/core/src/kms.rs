@@ -31,7 +31,7 @@ use std::collections::BTreeSet;
 
 use amisim_proto as pb;
 use amisim_proto::event::Payload;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::error::{Ec2Error, Ec2Result, ErrorCode};
@@ -61,7 +61,7 @@ const AWS_MANAGED_DESCRIPTION: &str =
 // -------------------------------------------------------------------------------------------
 
 /// A key's state (KMS `KeyState`); `Deleted` is amisim's tombstone, never shown.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum KeyState {
     Enabled,
     Disabled,
@@ -81,7 +81,7 @@ impl KeyState {
 }
 
 /// A KMS key.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Key {
     pub key_id: String,
     pub owner_id: String,
@@ -109,7 +109,7 @@ impl Key {
 }
 
 /// An alias of a key.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Alias {
     pub target_key_id: String,
     pub creation_date_ms: u64,
@@ -921,7 +921,7 @@ pub fn fail_copies_under(state: &State, key_arn: &str) -> Vec<Payload> {
         match task.kind {
             crate::copy::CopyKind::Snapshot => targets.push(task.dest_id.clone()),
             crate::copy::CopyKind::Image => {
-                if let Some(img) = state.images.get(&task.dest_id) {
+                if let Some(img) = state.images.get(task.dest_id.as_str()) {
                     targets.extend(img.snapshot_ids().map(str::to_string));
                 }
             }

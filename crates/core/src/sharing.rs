@@ -24,7 +24,7 @@ use std::collections::BTreeSet;
 
 use amisim_proto::event::Payload;
 use amisim_proto::{self as pb};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::accounts::{self, Membership};
 use crate::error::{Ec2Error, Ec2Result, ErrorCode};
@@ -63,7 +63,7 @@ pub const IMAGE_ATTRIBUTES: &[&str] = &[
 pub const SNAPSHOT_ATTRIBUTES: &[&str] = &["createVolumePermission", "productCodes"];
 
 /// An account's image block public access in one region (absent: `unblocked`).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct BlockPublicAccess {
     /// [`BLOCK_NEW_SHARING`] (an `unblocked` record is removed).
     pub state: String,
@@ -678,7 +678,7 @@ pub fn cancel_image_launch_permission(
     }
     let img = state
         .images
-        .get(&r.image_id)
+        .get(r.image_id.as_str())
         .filter(|i| may_launch(i, ctx.account_id, ctx.membership))
         .ok_or_else(|| Ec2Error::image_not_found(&[r.image_id.as_str()]))?;
     if img.owner() == ctx.account_id {
@@ -1229,7 +1229,7 @@ pub const PUBLIC_DEPRECATION_MS: u64 = 2 * 365 * 24 * 3_600_000;
 pub(crate) fn apply(state: &mut State, p: &Payload) {
     match p {
         Payload::LaunchPermissionChanged(e) => {
-            if let Some(img) = state.images.get_mut(&e.image_id) {
+            if let Some(img) = state.image_mut(&e.image_id) {
                 for r in &e.removed {
                     if let Some(p) = from_record(r) {
                         img.launch_permissions.remove(&p);
@@ -1247,7 +1247,7 @@ pub(crate) fn apply(state: &mut State, p: &Payload) {
             }
         }
         Payload::ImageAttributeChanged(e) => {
-            if let Some(img) = state.images.get_mut(&e.image_id) {
+            if let Some(img) = state.image_mut(&e.image_id) {
                 // The registration record holds the image's current attributes.
                 if let Some(d) = &e.description {
                     img.registered.description = d.clone();

@@ -953,7 +953,7 @@ mod tests {
             &in_use,
         );
         // Disabled (no event sets it yet; test-only poke).
-        if let Some(img) = h.state.images.get_mut(AMI) {
+        if let Some(img) = h.state.image_mut(AMI) {
             img.state = ImageState::Disabled;
         }
         rejects(

@@ -7,12 +7,17 @@
 //! state to readers in O(1) after every batch (DESIGN.md §1: reads never wait for a flush).
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use amisim_proto::event::Payload;
 use amisim_proto::{Event, MappingRecord, TagRecord};
 use imbl::{OrdMap, OrdSet};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
+
+/// An id shared between maps: cloning it (as the persistent maps do for every entry of a node
+/// they copy on write) is a reference count, not an allocation. Serializes as a string.
+pub type SharedId = Arc<str>;
 
 /// Tags of a resource, ordered by key.
 pub type Tags = BTreeMap<String, String>;
@@ -35,7 +40,7 @@ pub fn tag_records(tags: &Tags) -> Vec<TagRecord> {
         .collect()
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 pub enum ImageState {
     Pending,
     Available,
@@ -57,7 +62,7 @@ impl ImageState {
 }
 
 /// A launch permission grant (`crate::sharing`; the owner's permission is implicit).
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 pub enum LaunchPermission {
     User(String),
     All,
@@ -65,12 +70,13 @@ pub enum LaunchPermission {
     OrganizationalUnit(String),
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Image {
     /// Everything recorded at registration (id, owner, name, mappings, ...).
     pub registered: ImageRegisteredData,
     pub state: ImageState,
-    pub state_reason: Option<(String, String)>,
+    /// (code, message) of a failed image; boxed: rare, and 40 bytes less per image inline.
+    pub state_reason: Option<Box<(String, String)>>,
     pub tags: Tags,
     pub launch_permissions: OrdSet<LaunchPermission>,
     /// When a deregistered image stops being visible.
@@ -81,7 +87,12 @@ pub struct Image {
 }
 
 /// The fields of `ImageRegistered`, kept as recorded.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+///
+/// The fields most images leave empty live in [`ImageExtra`], boxed and allocated only when one
+/// is set: that halves the inline size of an image (the memory target: under 1 KiB of
+/// projection per image). `Deref` to [`ImageExtra`] keeps them readable as `registered.kernel_id`
+/// (an empty [`ImageExtra`] when none is set), `DerefMut` allocates the box on first write.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ImageRegisteredData {
     pub image_id: String,
     pub owner_id: String,
@@ -90,29 +101,73 @@ pub struct ImageRegisteredData {
     pub image_location: String,
     pub architecture: String,
     pub image_type: String,
-    pub platform: String,
     pub root_device_type: String,
     pub root_device_name: String,
     pub block_device_mappings: Vec<Mapping>,
     pub virtualization_type: String,
-    pub kernel_id: String,
-    pub ramdisk_id: String,
     pub boot_mode: String,
-    pub tpm_support: String,
-    pub imds_support: String,
     /// `None` unset, else the flag.
     pub ena_support: Option<bool>,
-    pub sriov_net_support: String,
-    pub uefi_data: String,
-    pub billing_products: Vec<String>,
     pub origin: String,
-    pub source_instance_id: String,
-    pub source_image_id: String,
-    pub source_region: String,
     pub available_at_ms: u64,
     pub creation_date_ms: u64,
     /// CreateImage with `NoReboot=true`.
     pub no_reboot: bool,
+    /// The rarely set fields; `None` when all of them are empty.
+    pub extra: Option<Box<ImageExtra>>,
+}
+
+/// The fields of `ImageRegistered` that most images leave empty (see [`ImageRegisteredData`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ImageExtra {
+    pub platform: String,
+    pub kernel_id: String,
+    pub ramdisk_id: String,
+    pub tpm_support: String,
+    pub imds_support: String,
+    pub sriov_net_support: String,
+    pub uefi_data: String,
+    pub billing_products: Vec<String>,
+    pub source_instance_id: String,
+    pub source_image_id: String,
+    pub source_region: String,
+}
+
+impl ImageExtra {
+    /// Every field empty: what an image without extra fields reads.
+    pub const EMPTY: ImageExtra = ImageExtra {
+        platform: String::new(),
+        kernel_id: String::new(),
+        ramdisk_id: String::new(),
+        tpm_support: String::new(),
+        imds_support: String::new(),
+        sriov_net_support: String::new(),
+        uefi_data: String::new(),
+        billing_products: Vec::new(),
+        source_instance_id: String::new(),
+        source_image_id: String::new(),
+        source_region: String::new(),
+    };
+
+    /// True if no field is set (then it is not stored).
+    pub fn is_empty(&self) -> bool {
+        self == &Self::EMPTY
+    }
+}
+
+static EMPTY_EXTRA: ImageExtra = ImageExtra::EMPTY;
+
+impl std::ops::Deref for ImageRegisteredData {
+    type Target = ImageExtra;
+    fn deref(&self) -> &ImageExtra {
+        self.extra.as_deref().unwrap_or(&EMPTY_EXTRA)
+    }
+}
+
+impl std::ops::DerefMut for ImageRegisteredData {
+    fn deref_mut(&mut self) -> &mut ImageExtra {
+        self.extra.get_or_insert_with(Default::default)
+    }
 }
 
 impl Image {
@@ -137,7 +192,7 @@ impl Image {
 }
 
 /// A resolved block device mapping (the recorded `MappingRecord`).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Mapping {
     pub device_name: String,
     pub virtual_name: String,
@@ -188,7 +243,7 @@ impl From<&Mapping> for MappingRecord {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum SnapshotState {
     Pending,
     Completed,
@@ -205,7 +260,7 @@ impl SnapshotState {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Snapshot {
     pub snapshot_id: String,
     pub owner_id: String,
@@ -233,7 +288,7 @@ pub struct Snapshot {
     pub public: bool,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum VolumeState {
     Creating,
     Available,
@@ -250,7 +305,7 @@ impl VolumeState {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Attachment {
     pub instance_id: String,
     pub device: String,
@@ -258,7 +313,7 @@ pub struct Attachment {
     pub attach_time_ms: u64,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Volume {
     pub volume_id: String,
     pub owner_id: String,
@@ -284,7 +339,7 @@ pub struct Volume {
     pub attachment: Option<Attachment>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 pub enum InstanceState {
     Pending,
     Running,
@@ -329,7 +384,7 @@ impl InstanceState {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Instance {
     pub instance_id: String,
     pub reservation_id: String,
@@ -360,7 +415,7 @@ pub struct Instance {
 
 /// A timed transition the node must fire when simulated time reaches its due time. Derived from
 /// events, so a restarted node re-arms every pending timer by replaying its log.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub enum Timer {
     ImageAvailable(String),
     ImageForget(String),
@@ -372,7 +427,7 @@ pub enum Timer {
 }
 
 /// What an idempotency token was used for.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TokenUse {
     /// The id created by the first request (image, volume or reservation id).
     pub resource_id: String,
@@ -381,25 +436,29 @@ pub struct TokenUse {
 }
 
 /// The projection of one region's log.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct State {
     /// Seq of the last applied event (0: none).
     pub seq: u64,
     /// Simulated time of the last applied event.
     pub last_sim_time_ms: u64,
-    pub images: OrdMap<String, Image>,
+    /// Images by id. Values are shared (`Arc`): a persistent map copies the entries of every
+    /// node it changes, so an entry must be cheap to clone (two reference counts, not an
+    /// image's dozens of strings). Change one with `Arc::make_mut`.
+    pub images: OrdMap<SharedId, Arc<Image>>,
     pub snapshots: OrdMap<String, Snapshot>,
     pub volumes: OrdMap<String, Volume>,
     pub instances: OrdMap<String, Instance>,
     /// (owner, name) → image id, for images not deregistered (`InvalidAMIName.Duplicate`).
-    pub image_names: OrdMap<(String, String), String>,
+    pub image_names: OrdMap<(SharedId, SharedId), SharedId>,
     /// (account, action, token) → first use.
     pub client_tokens: OrdMap<(String, String, String), TokenUse>,
     /// Pending timed transitions, ordered by due time.
     pub timers: OrdSet<(u64, Timer)>,
     /// Images per owner that are not deregistered (the AMI quota), kept so the quota check
     /// does not scan every image.
-    pub images_per_owner: OrdMap<String, usize>,
+    /// Its keys are also the owner half of `image_names` keys (one string per owner, shared).
+    pub images_per_owner: OrdMap<SharedId, usize>,
     /// Snapshots deleted while `pending`, whose work goes on in the background
     /// (EC2_SEMANTICS.md §3.2): id → (volume id, due time). Until the due time they still count
     /// toward their volume's pending-snapshot limit.
@@ -443,6 +502,19 @@ impl State {
     pub fn apply_payload(&mut self, p: &Payload) {
         match p {
             Payload::ImageRegistered(e) => {
+                let extra = ImageExtra {
+                    platform: e.platform.clone(),
+                    kernel_id: e.kernel_id.clone(),
+                    ramdisk_id: e.ramdisk_id.clone(),
+                    tpm_support: e.tpm_support.clone(),
+                    imds_support: e.imds_support.clone(),
+                    sriov_net_support: e.sriov_net_support.clone(),
+                    uefi_data: e.uefi_data.clone(),
+                    billing_products: e.billing_products.clone(),
+                    source_instance_id: e.source_instance_id.clone(),
+                    source_image_id: e.source_image_id.clone(),
+                    source_region: e.source_region.clone(),
+                };
                 let data = ImageRegisteredData {
                     image_id: e.image_id.clone(),
                     owner_id: e.owner_id.clone(),
@@ -451,34 +523,31 @@ impl State {
                     image_location: e.image_location.clone(),
                     architecture: e.architecture.clone(),
                     image_type: e.image_type.clone(),
-                    platform: e.platform.clone(),
                     root_device_type: e.root_device_type.clone(),
                     root_device_name: e.root_device_name.clone(),
                     block_device_mappings: e.block_device_mappings.iter().map(Into::into).collect(),
                     virtualization_type: e.virtualization_type.clone(),
-                    kernel_id: e.kernel_id.clone(),
-                    ramdisk_id: e.ramdisk_id.clone(),
                     boot_mode: e.boot_mode.clone(),
-                    tpm_support: e.tpm_support.clone(),
-                    imds_support: e.imds_support.clone(),
                     ena_support: tri_bool(e.ena_support),
-                    sriov_net_support: e.sriov_net_support.clone(),
-                    uefi_data: e.uefi_data.clone(),
-                    billing_products: e.billing_products.clone(),
                     origin: e.origin.clone(),
-                    source_instance_id: e.source_instance_id.clone(),
-                    source_image_id: e.source_image_id.clone(),
-                    source_region: e.source_region.clone(),
                     available_at_ms: e.available_at_ms,
                     creation_date_ms: e.creation_date_ms,
                     no_reboot: e.no_reboot,
+                    extra: (!extra.is_empty()).then(|| Box::new(extra)),
                 };
                 if e.available_at_ms > 0 {
                     self.timers
                         .insert((e.available_at_ms, Timer::ImageAvailable(e.image_id.clone())));
                 }
+                let id: SharedId = e.image_id.as_str().into();
+                // One shared string per owner (the key `images_per_owner` already holds).
+                let owner: SharedId = match self.images_per_owner.get_key_value(e.owner_id.as_str())
+                {
+                    Some((k, _)) => k.clone(),
+                    None => e.owner_id.as_str().into(),
+                };
                 self.image_names
-                    .insert((e.owner_id.clone(), e.name.clone()), e.image_id.clone());
+                    .insert((owner.clone(), e.name.as_str().into()), id.clone());
                 if !e.client_token.is_empty() {
                     self.client_tokens.insert(
                         (
@@ -492,12 +561,12 @@ impl State {
                         },
                     );
                 }
-                if !self.images.contains_key(&e.image_id) {
-                    *self.images_per_owner.entry(e.owner_id.clone()).or_insert(0) += 1;
+                if !self.images.contains_key(e.image_id.as_str()) {
+                    *self.images_per_owner.entry(owner).or_insert(0) += 1;
                 }
                 self.images.insert(
-                    e.image_id.clone(),
-                    Image {
+                    id,
+                    Arc::new(Image {
                         registered: data,
                         state: ImageState::Pending,
                         state_reason: None,
@@ -505,11 +574,11 @@ impl State {
                         launch_permissions: OrdSet::new(),
                         forget_at_ms: None,
                         deprecation_time_ms: None,
-                    },
+                    }),
                 );
             }
             Payload::ImageAvailable(e) => {
-                if let Some(img) = self.images.get_mut(&e.image_id) {
+                if let Some(img) = self.image_mut(&e.image_id) {
                     let at = img.registered.available_at_ms;
                     img.state = ImageState::Available;
                     self.timers
@@ -517,19 +586,25 @@ impl State {
                 }
             }
             Payload::ImageFailed(e) => {
-                if let Some(img) = self.images.get_mut(&e.image_id) {
+                if let Some(img) = self.image_mut(&e.image_id) {
                     let at = img.registered.available_at_ms;
                     img.state = ImageState::Failed;
-                    img.state_reason =
-                        Some((e.state_reason_code.clone(), e.state_reason_message.clone()));
+                    img.state_reason = Some(Box::new((
+                        e.state_reason_code.clone(),
+                        e.state_reason_message.clone(),
+                    )));
                     self.timers
                         .remove(&(at, Timer::ImageAvailable(e.image_id.clone())));
                 }
             }
             Payload::ImageDeregistered(e) => {
-                if let Some(img) = self.images.get_mut(&e.image_id) {
+                if let Some(img) = self.images.get_mut(e.image_id.as_str()) {
+                    let img = Arc::make_mut(img);
                     if img.state != ImageState::Deregistered {
-                        if let Some(n) = self.images_per_owner.get_mut(&img.registered.owner_id) {
+                        if let Some(n) = self
+                            .images_per_owner
+                            .get_mut(img.registered.owner_id.as_str())
+                        {
                             *n = n.saturating_sub(1);
                         }
                     }
@@ -537,8 +612,11 @@ impl State {
                     img.state = ImageState::Deregistered;
                     img.launch_permissions = OrdSet::new();
                     img.forget_at_ms = Some(e.forget_at_ms);
-                    let key = (img.registered.owner_id.clone(), img.registered.name.clone());
-                    if self.image_names.get(&key) == Some(&e.image_id) {
+                    let key: (SharedId, SharedId) = (
+                        img.registered.owner_id.as_str().into(),
+                        img.registered.name.as_str().into(),
+                    );
+                    if self.image_names.get(&key).map(|id| &**id) == Some(e.image_id.as_str()) {
                         self.image_names.remove(&key);
                     }
                     self.timers
@@ -548,7 +626,7 @@ impl State {
                 }
             }
             Payload::ImageForgotten(e) => {
-                if let Some(img) = self.images.remove(&e.image_id) {
+                if let Some(img) = self.images.remove(e.image_id.as_str()) {
                     if let Some(at) = img.forget_at_ms {
                         self.timers
                             .remove(&(at, Timer::ImageForget(e.image_id.clone())));
@@ -858,6 +936,11 @@ impl State {
         }
     }
 
+    /// The image `id`, to change (copied first if a published state shares it).
+    pub fn image_mut(&mut self, id: &str) -> Option<&mut Image> {
+        self.images.get_mut(id).map(Arc::make_mut)
+    }
+
     /// Images `owner` has that are not deregistered (pending, available, failed, disabled).
     pub fn images_owned(&self, owner: &str) -> usize {
         self.images_per_owner.get(owner).copied().unwrap_or(0)
@@ -866,7 +949,7 @@ impl State {
     /// The tags of any resource, by id.
     pub fn tags_mut(&mut self, id: &str) -> Option<&mut Tags> {
         match crate::ids::Kind::of(id)? {
-            crate::ids::Kind::Image => self.images.get_mut(id).map(|r| &mut r.tags),
+            crate::ids::Kind::Image => self.image_mut(id).map(|r| &mut r.tags),
             crate::ids::Kind::Snapshot => self.snapshots.get_mut(id).map(|r| &mut r.tags),
             crate::ids::Kind::Volume => self.volumes.get_mut(id).map(|r| &mut r.tags),
             crate::ids::Kind::Instance => self.instances.get_mut(id).map(|r| &mut r.tags),

@@ -35,14 +35,14 @@ pub fn tick(state: &State, ctx: &mut Ctx<'_>) -> Ec2Result<Decision> {
 
 fn fire(state: &State, timer: &Timer, ctx: &Ctx<'_>) -> Vec<Payload> {
     match timer {
-        Timer::ImageAvailable(id) => match state.images.get(id) {
+        Timer::ImageAvailable(id) => match state.images.get(id.as_str()) {
             // A copy whose snapshot failed fails instead (crate::copy::image_due).
             Some(img) if img.state == ImageState::Pending => {
                 vec![crate::copy::image_due(state, img)]
             }
             _ => vec![],
         },
-        Timer::ImageForget(id) => match state.images.get(id) {
+        Timer::ImageForget(id) => match state.images.get(id.as_str()) {
             Some(img) if img.state == ImageState::Deregistered => {
                 vec![Payload::ImageForgotten(ImageForgotten {
                     image_id: id.clone(),
@@ -67,7 +67,7 @@ fn fire(state: &State, timer: &Timer, ctx: &Ctx<'_>) -> Vec<Payload> {
                 snapshot_id: id.clone(),
             })];
             // CreateImage: the image turns available when its last snapshot completes.
-            if let Some(img) = state.images.get(&snap.for_image_id) {
+            if let Some(img) = state.images.get(snap.for_image_id.as_str()) {
                 let all_done = img.snapshot_ids().all(|s| {
                     s == id
                         || state

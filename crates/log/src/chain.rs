@@ -111,8 +111,9 @@ impl ChainVerifier {
         self.push_owned(event.clone())
     }
 
-    /// [`Self::push`] without copying the event.
-    pub(crate) fn push_owned(&mut self, mut event: Event) -> Result<(), LogError> {
+    /// [`Self::push`] without copying the event (a replay that folds and verifies in one pass
+    /// hands each event over once it has applied it).
+    pub fn push_owned(&mut self, mut event: Event) -> Result<(), LogError> {
         let seq = self.next_seq;
         let corrupt = |reason: String| LogError::Corrupt { seq, reason };
         if event.seq != seq {

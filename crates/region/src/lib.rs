@@ -25,7 +25,8 @@
 //!
 //! - [`audit`] — the `Audit` service: log verification, signed digests, filtered streams,
 //!   point-in-time reads.
-//! - [`config`] — [`RegionConfig`].
+//! - [`config`] — [`RegionConfig`], [`StorageConfig`] (sled cache, checkpoints).
+//! - [`checkpoint`] — projection checkpoints: a restart folds only the log's tail.
 //! - [`node`] — [`RegionNode`]: replay at start, `execute` (writes), `query` (reads), shutdown.
 //! - [`writer`] — the writer loop: batch, decide, append, publish, answer; timers.
 //! - [`ec2_service`] — the `Ec2` service, metadata conventions and [`status_from_ec2`].
@@ -39,6 +40,7 @@
 //! [`EventLog::append`]: amisim_log::EventLog::append
 
 pub mod audit;
+pub mod checkpoint;
 pub mod config;
 pub mod ec2_service;
 pub mod error;
@@ -49,7 +51,7 @@ pub mod region_service;
 pub mod server;
 pub mod writer;
 
-pub use config::RegionConfig;
+pub use config::{RegionConfig, StorageConfig, CHECKPOINT_DIR};
 pub use ec2_service::{
     account_from_metadata, authenticate, consistency_token, parse_consistency_token,
     request_id_from_metadata, status_from_ec2, Ec2Service, ACCOUNT_KEY, AUTHORIZATION_KEY,
@@ -58,7 +60,7 @@ pub use ec2_service::{
 pub use error::RegionError;
 pub use internal_auth::{check_operator, OperatorCheck};
 pub use kms_service::KmsService;
-pub use node::{replay, replay_to, RegionNode};
+pub use node::{replay, replay_to, restore, RegionNode};
 pub use region_service::RegionService;
 pub use server::{serve, MAX_MESSAGE_BYTES};
-pub use writer::NodeStatus;
+pub use writer::{NodeStatus, WriterStatsSnapshot};

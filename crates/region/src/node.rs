@@ -6,14 +6,15 @@ use std::sync::{Arc, Mutex, OnceLock};
 
 use amisim_chaos::{Clock, ScaledClock};
 use amisim_core::{Accounts, Answer, Command, Ec2Error, Membership, Query, ReadCtx, Reply, State};
-use amisim_log::EventLog;
+use amisim_log::{ChainVerifier, EventLog, Head, LogError};
 use arc_swap::ArcSwap;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use tokio::sync::{mpsc, oneshot, watch};
 
-use crate::writer::{unavailable, NodeStatus, Request, Writer};
-use crate::{RegionConfig, RegionError};
+use crate::checkpoint::{CheckpointStore, Checkpointer};
+use crate::writer::{unavailable, NodeStatus, Request, Writer, WriterStats, WriterStatsSnapshot};
+use crate::{RegionConfig, RegionError, StorageConfig};
 
 /// Events read per `read_range` call while replaying.
 const REPLAY_CHUNK: u64 = 4096;
@@ -38,6 +39,13 @@ pub struct RegionNode {
     audit: OnceLock<Arc<crate::audit::AuditTrail>>,
     /// The request recorder (ADR 0007); see [`RegionNode::attach_requests`].
     requests: OnceLock<Arc<crate::audit::RequestRecorder>>,
+    /// Draws the request id of a call that brings none ([`RegionNode::fresh_request_id`]): from
+    /// the seed, so a replayed run writes the same `request_id`s into its events (STYLE.md 9).
+    request_ids: Mutex<ChaCha8Rng>,
+    /// The background checkpoint writer, when the node has a checkpoint directory.
+    checkpointer: Mutex<Option<Checkpointer>>,
+    /// The writer's batch and append counters.
+    stats: Arc<WriterStats>,
 }
 
 impl std::fmt::Debug for RegionNode {
@@ -52,8 +60,10 @@ impl std::fmt::Debug for RegionNode {
 }
 
 impl RegionNode {
-    /// Replays `log` and starts the node with a [`ScaledClock`] at `cfg.time_scale`, starting no
-    /// earlier than the last logged event (so a restarted node never goes back in time).
+    /// Restores the state from `log` (see [`restore`]: the newest valid checkpoint of
+    /// `cfg.storage` plus the log's tail, the chain verified over what is folded) and starts the
+    /// node with a [`ScaledClock`] at `cfg.time_scale`, starting no earlier than the last logged
+    /// event (so a restarted node never goes back in time).
     pub fn start(
         cfg: RegionConfig,
         log: Arc<dyn EventLog>,
@@ -73,7 +83,7 @@ impl RegionNode {
         make_clock: impl FnOnce(u64) -> Arc<dyn Clock>,
     ) -> Result<Arc<RegionNode>, RegionError> {
         cfg.validate()?;
-        let state = replay(&cfg.region, log.as_ref())?;
+        let (state, checkpoint_seq) = restore(&cfg.region, &cfg.storage, log.as_ref())?;
         let clock = make_clock(state.last_sim_time_ms);
         let seed = cfg.seed.unwrap_or_else(rand::random);
         tracing::info!(
@@ -85,6 +95,7 @@ impl RegionNode {
             "region node starting (replay with this seed to reproduce ids)"
         );
         let rng = node_rng(seed, state.seq);
+        let request_ids = Mutex::new(request_id_rng(seed, state.seq));
         let membership = Arc::new(
             cfg.accounts
                 .as_ref()
@@ -92,6 +103,20 @@ impl RegionNode {
                 .unwrap_or_default(),
         );
         let published = Arc::new(ArcSwap::from_pointee(state.clone()));
+        let stats = Arc::new(WriterStats::default());
+        let checkpointer = match &cfg.storage.checkpoint_dir {
+            Some(dir) => Some(
+                Checkpointer::start(
+                    CheckpointStore::new(dir, &cfg.region),
+                    cfg.storage.checkpoint_every,
+                    log.clone(),
+                    published.clone(),
+                    checkpoint_seq,
+                )
+                .map_err(RegionError::Spawn)?,
+            ),
+            None => None,
+        };
         let (commands, rx) = mpsc::channel(cfg.max_batch.saturating_mul(4).max(1024));
         let (shutdown, shutdown_rx) = watch::channel(false);
         let (status_tx, status) = watch::channel(NodeStatus::Running);
@@ -109,6 +134,7 @@ impl RegionNode {
             shutdown: shutdown_rx,
             status: status_tx,
             stale: HashSet::new(),
+            stats: stats.clone(),
         };
         let handle = std::thread::Builder::new()
             .name(format!("amisim-writer-{}", cfg.region))
@@ -128,6 +154,9 @@ impl RegionNode {
             membership,
             audit: OnceLock::new(),
             requests: OnceLock::new(),
+            request_ids,
+            checkpointer: Mutex::new(checkpointer),
+            stats,
         }))
     }
 
@@ -139,6 +168,17 @@ impl RegionNode {
     /// The seed of the node's RNG.
     pub fn seed(&self) -> u64 {
         self.seed
+    }
+
+    /// A request id for a call that brings none (`x-amisim-request-id`), drawn from the node's
+    /// seeded stream of request ids rather than the OS, so the same calls in the same order get
+    /// the same ids in every replay of the seed.
+    pub fn fresh_request_id(&self) -> String {
+        let mut rng = self
+            .request_ids
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        amisim_core::ids::generate_uuid(&mut *rng)
     }
 
     /// The seq of the last event in the published state (durable, visible to reads).
@@ -213,6 +253,12 @@ impl RegionNode {
         }
     }
 
+    /// The writer's counters: commands per round (how well group commit batches), events per
+    /// append and the time appends take (flush + fsync).
+    pub fn writer_stats(&self) -> WriterStatsSnapshot {
+        self.stats.snapshot()
+    }
+
     /// What the writer is doing now.
     pub fn status(&self) -> NodeStatus {
         self.status.borrow().clone()
@@ -280,6 +326,11 @@ impl RegionNode {
             // The thread has reported its end; joining only reaps it.
             let _ = tokio::task::spawn_blocking(move || handle.join()).await;
         }
+        // A checkpoint at the final head: the next start folds nothing.
+        let checkpointer = self.checkpointer.lock().ok().and_then(|mut c| c.take());
+        if let Some(c) = checkpointer {
+            let _ = tokio::task::spawn_blocking(move || c.finish()).await;
+        }
         // Records of the calls answered so far reach the request log before the process ends.
         if let Some(recorder) = self.requests.get() {
             recorder.flush().await;
@@ -309,6 +360,119 @@ impl Drop for RegionNode {
         // Let the writer finish what is queued and end, even if nobody called `shutdown`.
         self.shutdown.send_replace(true);
     }
+}
+
+/// The state at the log's head, as a node starts: from the newest checkpoint in
+/// `storage.checkpoint_dir` that fits the log, folding only the events after it, else from an
+/// empty state. Either way the hash chain is verified over every event folded, starting from
+/// the checkpoint's hash at its seq (so the checkpoint must belong to this very log), in the
+/// same pass that folds them. A checkpoint that cannot be used (damaged, another version or
+/// region, beyond the head, not on this chain) is skipped with a warning.
+///
+/// Returns the state and the seq of the checkpoint it started from (0: none).
+pub fn restore(
+    region: &str,
+    storage: &StorageConfig,
+    log: &dyn EventLog,
+) -> Result<(State, u64), RegionError> {
+    let head = log.head();
+    if let Some(dir) = &storage.checkpoint_dir {
+        let store = CheckpointStore::new(dir, region);
+        let found = store.list().unwrap_or_else(|e| {
+            tracing::warn!(region, dir = %dir.display(), error = %e,
+                "cannot list the checkpoints; folding the whole log");
+            Vec::new()
+        });
+        for (seq, path) in found {
+            let skip = |why: &str| {
+                tracing::warn!(region, path = %path.display(), reason = why,
+                    "ignoring a projection checkpoint");
+            };
+            if seq > head.seq {
+                skip(&format!(
+                    "it is at seq {seq}, beyond the log's head {}",
+                    head.seq
+                ));
+                continue;
+            }
+            let started = std::time::Instant::now();
+            let loaded = match store.read(&path) {
+                Ok(l) => l,
+                Err(why) => {
+                    skip(&why);
+                    continue;
+                }
+            };
+            let loaded_ms = started.elapsed().as_millis() as u64;
+            match fold_verified(region, log, loaded.state, loaded.head, head) {
+                Ok(state) => {
+                    tracing::info!(
+                        region,
+                        checkpoint_seq = loaded.head.seq,
+                        head_seq = head.seq,
+                        load_ms = loaded_ms,
+                        total_ms = started.elapsed().as_millis() as u64,
+                        "state restored from a checkpoint and the log's tail"
+                    );
+                    return Ok((state, loaded.head.seq));
+                }
+                Err(e) => skip(&format!("the log after it does not fit: {e}")),
+            }
+        }
+    }
+    let state = fold_verified(region, log, State::new(), Head::EMPTY, head)?;
+    Ok((state, 0))
+}
+
+/// Folds the events after `from` up to `to` into `state`, verifying the chain as it goes: the
+/// first event must link to `from.hash`, and the chain must end exactly at `to`.
+fn fold_verified(
+    region: &str,
+    log: &dyn EventLog,
+    mut state: State,
+    from: Head,
+    to: Head,
+) -> Result<State, RegionError> {
+    let mut verifier = ChainVerifier::resume(from);
+    let mut next = from.seq + 1;
+    while next <= to.seq {
+        let end = to.seq.min(next.saturating_add(REPLAY_CHUNK - 1));
+        let events = log.read_range(next, end)?;
+        if events.is_empty() {
+            return Err(RegionError::Gap {
+                expected: next,
+                found: 0,
+            });
+        }
+        for e in events {
+            if e.seq != next {
+                return Err(RegionError::Gap {
+                    expected: next,
+                    found: e.seq,
+                });
+            }
+            if e.region != region {
+                return Err(RegionError::WrongRegion {
+                    expected: region.to_string(),
+                    found: e.region.clone(),
+                    seq: e.seq,
+                });
+            }
+            state.apply(&e);
+            verifier.push_owned(e)?;
+            next += 1;
+        }
+    }
+    if verifier.head() != to {
+        return Err(RegionError::Log(LogError::Corrupt {
+            seq: to.seq,
+            reason: format!(
+                "the verified chain ends at {}, the log's head is {to}",
+                verifier.head()
+            ),
+        }));
+    }
+    Ok(state)
 }
 
 /// Folds the whole log into a fresh state, checking that it is gapless and this region's.
@@ -360,10 +524,28 @@ fn node_rng(seed: u64, head_seq: u64) -> ChaCha8Rng {
     ChaCha8Rng::from_seed(key)
 }
 
+/// The stream of request ids: as [`node_rng`], with a third key word so it never shares draws
+/// with the writer's ids.
+fn request_id_rng(seed: u64, head_seq: u64) -> ChaCha8Rng {
+    let mut key = [0u8; 32];
+    key[..8].copy_from_slice(&seed.to_le_bytes());
+    key[8..16].copy_from_slice(&head_seq.to_le_bytes());
+    key[16..24].copy_from_slice(b"requests");
+    ChaCha8Rng::from_seed(key)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use rand::RngCore;
+
+    #[test]
+    fn request_ids_replay_from_the_seed() {
+        let a = request_id_rng(7, 0).next_u64();
+        assert_eq!(a, request_id_rng(7, 0).next_u64());
+        assert_ne!(a, request_id_rng(8, 0).next_u64());
+        assert_ne!(a, node_rng(7, 0).next_u64());
+    }
 
     #[test]
     fn the_rng_depends_on_seed_and_head() {

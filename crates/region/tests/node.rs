@@ -120,7 +120,7 @@ async fn concurrent_writes_survive_a_restart_on_sled() {
     assert_eq!(state.digest(), before.digest);
     for id in &ids {
         assert!(
-            state.volumes.contains_key(id) || state.images.contains_key(id),
+            state.volumes.contains_key(id) || state.images.contains_key(id.as_str()),
             "{id} lost"
         );
     }

@@ -221,7 +221,7 @@ async fn register(ec2: &mut Ec2Client<Channel>, clock: &VirtualClock, s: &Served
     let node = s.node.clone();
     let i = id.clone();
     wait_until("the image available", 10, move || {
-        node.state().images[&i].state == amisim_core::state::ImageState::Available
+        node.state().images[i.as_str()].state == amisim_core::state::ImageState::Available
     })
     .await;
     id

@@ -216,7 +216,7 @@ pub fn describe(
     let mut latest = t.requested_at_ms.max(started);
     match t.kind {
         CopyKind::Image => {
-            if let Some(img) = state.images.get(&t.dest_id) {
+            if let Some(img) = state.images.get(t.dest_id.as_str()) {
                 info.destination_state = img.state.as_str().to_string();
                 if started > 0 {
                     info.due_at_ms = img.registered.available_at_ms;
@@ -232,7 +232,7 @@ pub fn describe(
                     }
                 }
                 if img.state == ImageState::Failed {
-                    if let Some((code, message)) = &img.state_reason {
+                    if let Some((code, message)) = img.state_reason.as_deref() {
                         info.failure_code = code.clone();
                         info.failure_message = message.clone();
                     }

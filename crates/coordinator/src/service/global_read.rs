@@ -159,7 +159,8 @@ pub fn describe_images_with(
         q.max_results = None;
         q.next_token.clear();
         if ids_given {
-            q.image_ids.retain(|id| rs.state.images.contains_key(id));
+            q.image_ids
+                .retain(|id| rs.state.images.contains_key(id.as_str()));
             if q.image_ids.is_empty() {
                 continue;
             }

@@ -1130,7 +1130,10 @@ fn a_bad_key_is_accepted_and_fails_the_copy_later() {
         .unwrap();
     assert_eq!(
         img.state_reason,
-        Some((INTERNAL_ERROR_CODE.into(), INTERNAL_ERROR_MESSAGE.into()))
+        Some(Box::new((
+            INTERNAL_ERROR_CODE.into(),
+            INTERNAL_ERROR_MESSAGE.into()
+        )))
     );
     h.assert_replay_equals_live();
 }
@@ -1222,7 +1225,7 @@ fn disabling_a_key_fails_every_copy_in_flight_under_it_at_once() {
         crate::state::SnapshotState::Error
     );
     assert_eq!(
-        dst.state.images[&dest(&dst, &image_k2)].state,
+        dst.state.images[dest(&dst, &image_k2).as_str()].state,
         crate::state::ImageState::Failed
     );
     // The copy under K3 goes on; the waiting one fails when it starts.

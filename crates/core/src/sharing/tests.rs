@@ -901,7 +901,7 @@ fn the_flat_form_is_the_structured_form() {
         }),
     );
     assert_eq!(events.len(), 1);
-    assert!(!b.state.images[&id].is_public());
+    assert!(!b.state.images[id.as_str()].is_public());
     // Flat description and imdsSupport.
     ok(
         &mut b,
@@ -1145,7 +1145,7 @@ fn disabled_and_deregistered_images_cannot_be_shared() {
     let mut h = world();
     let (id, _) = image(&mut h, OWNER, Enc::Plain);
     // [sim] DisableImage is not simulated yet: a `disabled` state is reached only by events.
-    if let Some(img) = h.state.images.get_mut(&id) {
+    if let Some(img) = h.state.image_mut(&id) {
         img.state = crate::state::ImageState::Disabled;
     }
     denied(
@@ -1334,7 +1334,7 @@ fn image_block_public_access_blocks_new_public_shares_only() {
     );
     // Private sharing goes on; public images stay public (re-adding `all` changes nothing).
     ok(&mut h, OWNER, add(&id, vec![user(GRANTEE)]));
-    assert!(h.state.images[&already].is_public());
+    assert!(h.state.images[already.as_str()].is_public());
     assert!(ok(&mut h, OWNER, add(&already, vec![group("all")])).is_empty());
     // Disabled: public sharing works again.
     assert_eq!(ok(&mut h, OWNER, disable.clone()).len(), 1);
@@ -1758,9 +1758,11 @@ fn copying_a_shared_image_needs_its_snapshots() {
         let Reply::CopyImage(r) = d.reply else {
             panic!()
         };
-        assert_eq!(h.state.images[&r.image_id].owner(), GRANTEE);
+        assert_eq!(h.state.images[r.image_id.as_str()].owner(), GRANTEE);
         assert!(
-            h.state.images[&r.image_id].launch_permissions.is_empty(),
+            h.state.images[r.image_id.as_str()]
+                .launch_permissions
+                .is_empty(),
             "a copy is private"
         );
         // The saga's read of the source, as the grantee, passes the same checks.
@@ -2178,7 +2180,7 @@ fn unconfirmed_public_ami_gets_a_deprecation_time_two_years_after_creation() {
 
     ok(&mut h, OWNER, add(&id, vec![group("all")]));
     let public = describe_image(&h, OWNER, &id).unwrap();
-    let created = h.state.images[&id].registered.creation_date_ms;
+    let created = h.state.images[id.as_str()].registered.creation_date_ms;
     assert_eq!(
         public.deprecation_time,
         crate::time::iso(created + 730 * 24 * 3_600_000)
