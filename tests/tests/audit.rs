@@ -19,14 +19,14 @@ async fn audit_verify_public_key_and_replay_until() {
         .unwrap();
     let mut audit = AuditClient::new(connect(&node.url).await);
     let online = audit
-        .verify_log(VerifyLogRequest {})
+        .verify_log(VerifyLogRequest::default())
         .await
         .unwrap()
         .into_inner();
     assert!(online.ok, "{online:?}");
     assert!(online.digests_checked >= 1, "{online:?}");
     let online_key = audit
-        .get_public_key(GetPublicKeyRequest {})
+        .get_public_key(GetPublicKeyRequest::default())
         .await
         .unwrap()
         .into_inner()

@@ -1,10 +1,13 @@
 //! `amisim audit`: the auditor's offline tools on a region's data directory (the node must be
 //! stopped: sled locks the directory while a node runs; use the `Audit` gRPC service online).
 //!
-//! - `verify`: the hash chain from seq 1 and every signed digest; exit 1 naming the first seq
-//!   that is altered, missing (also a truncated tail, via the digests) or out of place.
+//! - `verify`: the hash chain from seq 1 and every signed digest, of the state log and of the
+//!   request log (each with its own digests); exit 1 naming, for each log, the first seq that is
+//!   altered, missing (also a truncated tail, via the digests) or out of place.
 //! - `public-key`: the node's ed25519 public key, to keep off the machine and pin in `verify`.
 //! - `lookup`, `export`: the CloudTrail-shaped records ([`crate::trail`], ADR 0007).
+//! - `as-of`: DescribeImages / DescribeSnapshots as they were at a seq, a time or a token, from a
+//!   node or from the coordinator (every region; [`crate::trail`]).
 //!
 //! Also the process-wide `--digest-every` and `--record-reads` settings of the nodes `dev` and
 //! `region` start.
@@ -53,6 +56,7 @@ pub enum AuditCommand {
     PublicKey(PublicKeyArgs),
     Lookup(crate::trail::LookupArgs),
     Export(crate::trail::ExportArgs),
+    AsOf(crate::trail::AsOfArgs),
 }
 
 /// Verify a region's log: the hash chain from seq 1, then the signed digests (which show a
@@ -86,6 +90,7 @@ pub async fn run(args: AuditArgs) -> anyhow::Result<()> {
         AuditCommand::Verify(a) => verify(a),
         AuditCommand::Lookup(a) => crate::trail::lookup(a).await,
         AuditCommand::Export(a) => crate::trail::export(a),
+        AuditCommand::AsOf(a) => crate::trail::as_of(a).await,
         AuditCommand::PublicKey(a) => {
             let key = audit::read_signing_key(&a.data)?.with_context(|| {
                 format!(
@@ -129,38 +134,54 @@ fn verify(args: VerifyArgs) -> anyhow::Result<()> {
     let digests = audit::read_digests(dir)?;
     let report = audit::verify_log(&log, &digests, key.as_ref())?;
     let pinned = args.public_key.is_some();
-    // The request log (ADR 0007): its own hash chain (not covered by the signed digests).
-    let requests = crate::trail::verify_requests(dir);
+    // The request log (ADR 0007): its own hash chain and its own signed digests.
+    let requests = crate::trail::verify_requests(dir, key.as_ref())?;
+    let report_json = |r: &audit::VerifyReport, n: usize| {
+        json!({
+            "ok": r.ok,
+            "head_seq": r.head.seq,
+            "head_hash": hex::encode(r.head.hash),
+            "first_bad_seq": r.first_bad_seq,
+            "reason": r.reason,
+            "digests": n,
+            "digests_checked": r.digests_checked,
+            "last_digest_seq": r.last_digest_seq,
+        })
+    };
     match args.format {
-        crate::replay::Format::Json => println!(
-            "{}",
-            serde_json::to_string_pretty(&json!({
-                "ok": report.ok,
-                "head_seq": report.head.seq,
-                "head_hash": hex::encode(report.head.hash),
-                "first_bad_seq": report.first_bad_seq,
-                "reason": report.reason,
-                "digests": digests.len(),
-                "digests_checked": report.digests_checked,
-                "last_digest_seq": report.last_digest_seq,
-                "public_key_pinned": pinned,
-                "request_log": match &requests {
-                    Ok(Some(head)) => json!({"ok": true, "head_seq": head}),
-                    Ok(None) => serde_json::Value::Null,
-                    Err(e) => json!({"ok": false, "error": format!("{e:#}")}),
-                },
-            }))?
-        ),
-        crate::replay::Format::Table if report.ok => {
-            println!(
-                "ok: hash chain verified from seq 1 to {} (hash {}); {} signed digest(s) \
-                 verified{}, last at seq {}",
-                report.head.seq,
-                hex::encode(report.head.hash),
-                report.digests_checked,
-                if pinned { " with the given key" } else { "" },
-                report.last_digest_seq
-            );
+        crate::replay::Format::Json => {
+            let mut out = report_json(&report, digests.len());
+            out["public_key_pinned"] = json!(pinned);
+            out["request_log"] = match &requests {
+                Some((r, n)) => report_json(r, *n),
+                None => serde_json::Value::Null,
+            };
+            println!("{}", serde_json::to_string_pretty(&out)?);
+        }
+        crate::replay::Format::Table => {
+            let line = |what: &str, r: &audit::VerifyReport| {
+                if r.ok {
+                    println!(
+                        "ok: {what}: hash chain verified from seq 1 to {} (hash {}); {} signed \
+                         digest(s) verified{}, last at seq {}",
+                        r.head.seq,
+                        hex::encode(r.head.hash),
+                        r.digests_checked,
+                        if pinned { " with the given key" } else { "" },
+                        r.last_digest_seq
+                    );
+                } else {
+                    println!(
+                        "BAD: {what}: first bad seq {}: {}",
+                        r.first_bad_seq.unwrap_or(0),
+                        r.reason
+                    );
+                }
+            };
+            line("event log", &report);
+            if let Some((r, _)) = &requests {
+                line("request log", r);
+            }
             if key.is_none() {
                 println!(
                     "warning: no signing key in {}: digests not checked",
@@ -168,17 +189,23 @@ fn verify(args: VerifyArgs) -> anyhow::Result<()> {
                 );
             }
         }
-        crate::replay::Format::Table => {}
     }
-    if let (crate::replay::Format::Table, Ok(Some(head))) = (args.format, &requests) {
-        println!("ok: request log hash chain verified from seq 1 to {head}");
+    let mut bad = Vec::new();
+    if let Some(seq) = report.first_bad_seq {
+        bad.push(format!("event log: first bad seq {seq}: {}", report.reason));
     }
-    match report.first_bad_seq {
-        None => requests.map(|_| ()),
-        Some(seq) => anyhow::bail!(
-            "the event log at {} is not intact: first bad seq {seq}: {}",
+    if let Some((r, _)) = &requests {
+        if let Some(seq) = r.first_bad_seq {
+            bad.push(format!("request log: first bad seq {seq}: {}", r.reason));
+        }
+    }
+    if bad.is_empty() {
+        Ok(())
+    } else {
+        anyhow::bail!(
+            "the logs at {} are not intact: {}",
             dir.display(),
-            report.reason
-        ),
+            bad.join("; ")
+        )
     }
 }

@@ -1,6 +1,10 @@
 //! `amisim audit lookup` and `amisim audit export`: the region's CloudTrail-shaped records
 //! (ADR 0007), online from a node (`Audit.LookupEvents`) or offline from its data directory.
 //!
+//! Online, `--endpoint` is a region node or the coordinator (ADR 0010): on the coordinator,
+//! `lookup` merges every region's records newest first (or reads one with `--region`), and
+//! `as-of` reads every region as of a simulated time or a token (`us-east-1:12,eu-west-1:7`).
+//!
 //! Offline, `--data DIR` is the region's data directory (for `amisim dev`: DATA/<region>): the
 //! state log in DIR (its timer and saga events give the `SystemTransition` records) and the
 //! request log in DIR/requests (the `AwsApiCall` records). The node must be stopped (sled locks
@@ -23,13 +27,23 @@ use tonic::transport::Endpoint;
 #[derive(Debug, clap::Args)]
 #[command(group(clap::ArgGroup::new("from").required(true).args(["endpoint", "data"])))]
 pub struct LookupArgs {
-    /// A running region node (its `Audit` service), e.g. http://127.0.0.1:50052.
+    /// A running region node or the coordinator (its `Audit` service), e.g.
+    /// http://127.0.0.1:50052.
     #[arg(long, env = "AMISIM_ENDPOINT", value_name = "URL")]
     pub endpoint: Option<String>,
 
     /// A stopped region's data directory (for `amisim dev`: DATA/<region>).
     #[arg(long, value_name = "DIR")]
     pub data: Option<PathBuf>,
+
+    /// With --endpoint on the coordinator: only this region's records (default: every region,
+    /// merged newest first).
+    #[arg(long, value_name = "REGION", requires = "endpoint")]
+    pub region: Option<String>,
+
+    /// Shorthand for `--attribute ResourceName=ID`: the records naming this resource.
+    #[arg(long, value_name = "ID", conflicts_with = "attribute")]
+    pub resource: Option<String>,
 
     /// With --endpoint on a node started with an accounts file: the operator token (sent as
     /// `authorization: Bearer TOKEN`; the Audit service takes no other credential).
@@ -128,9 +142,13 @@ fn open_logs(dir: &Path) -> anyhow::Result<(SledLog, Arc<dyn EventLog>)> {
     Ok((state, requests))
 }
 
-/// Verifies the hash chain of the request log in `DIR/requests`: its head seq, `None` when
-/// there is none, or the error naming the first bad seq.
-pub fn verify_requests(dir: &Path) -> anyhow::Result<Option<u64>> {
+/// Verifies the request log in `DIR/requests`: its hash chain, then its signed digests
+/// (`DIR/request-digests.jsonl`, checked with `key`), so a truncated request log is caught.
+/// The report and how many digests there are; `None` when there is no request log.
+pub fn verify_requests(
+    dir: &Path,
+    key: Option<&audit::VerifyingKey>,
+) -> anyhow::Result<Option<(audit::VerifyReport, usize)>> {
     let requests_dir = dir.join(audit::REQUESTS_DIR);
     if !requests_dir.is_dir() {
         return Ok(None);
@@ -141,35 +159,296 @@ pub fn verify_requests(dir: &Path) -> anyhow::Result<Option<u64>> {
     };
     let log = SledLog::open(&requests_dir, opts)
         .with_context(|| format!("cannot open the request log at {}", requests_dir.display()))?;
-    let head = log.verify().with_context(|| {
-        format!(
-            "the request log at {} is not intact",
-            requests_dir.display()
-        )
-    })?;
-    Ok(Some(head.seq))
+    let digests = audit::read_request_digests(dir)?;
+    let report = audit::verify_log_of(&log, &digests, key, audit::REQUESTS_LOG)?;
+    Ok(Some((report, digests.len())))
+}
+
+/// A channel to `url` (a bare `host:port` means `http://`).
+async fn channel(url: &str) -> anyhow::Result<tonic::transport::Channel> {
+    let url = if url.contains("://") {
+        url.to_string()
+    } else {
+        format!("http://{url}")
+    };
+    Endpoint::from_shared(url.clone())
+        .with_context(|| format!("invalid --endpoint URL {url:?}"))?
+        .connect_timeout(Duration::from_secs(5))
+        .timeout(Duration::from_secs(60))
+        .connect()
+        .await
+        .with_context(|| format!("cannot reach {url}"))
+}
+
+/// Adds `authorization: Bearer TOKEN` (the operator token) when given.
+fn authorize<T>(request: &mut tonic::Request<T>, token: Option<&str>) -> anyhow::Result<()> {
+    if let Some(t) = token {
+        let value = format!("Bearer {t}")
+            .parse()
+            .context("--token must be visible ASCII")?;
+        request.metadata_mut().insert("authorization", value);
+    }
+    Ok(())
+}
+
+/// What DescribeImages / DescribeSnapshots answered at a point in history, from a region node
+/// or from the coordinator (every region, or `--region`).
+#[derive(Debug, clap::Args)]
+pub struct AsOfArgs {
+    /// A running region node or the coordinator.
+    #[arg(long, env = "AMISIM_ENDPOINT", value_name = "URL")]
+    pub endpoint: String,
+
+    /// The point: a seq (`123`, with --region or on a node), an ISO 8601 simulated time
+    /// (`2024-05-01T12:00:00Z`: each region at its last event at or before it), or a token
+    /// (`us-east-1:12,eu-west-1:7`: each region at its seq, others empty). Default: now.
+    #[arg(long, value_name = "SEQ|TIME|TOKEN", value_parser = parse_point)]
+    pub at: Option<amisim_proto::as_of::Point>,
+
+    /// On the coordinator: read only this region.
+    #[arg(long, value_name = "REGION")]
+    pub region: Option<String>,
+
+    /// Snapshots instead of images.
+    #[arg(long)]
+    pub snapshots: bool,
+
+    /// Read as this account (`x-amisim-account`; the auditor chooses whose view to reproduce).
+    #[arg(long, value_name = "ACCOUNT")]
+    pub account: Option<String>,
+
+    /// Only these ids (repeatable).
+    #[arg(long = "id", value_name = "ID")]
+    pub ids: Vec<String>,
+
+    /// The operator token, when the servers run with an accounts file.
+    #[arg(
+        long,
+        env = "AMISIM_OPERATOR_TOKEN",
+        value_name = "TOKEN",
+        hide_env_values = true
+    )]
+    pub token: Option<String>,
+
+    /// Output: a table, or the answer as JSON (`{"regions": [...], "images": [...]}`).
+    #[arg(long, value_enum, default_value_t = crate::replay::Format::Table)]
+    pub format: crate::replay::Format,
+}
+
+/// `123` a seq, an ISO time, or a `region:seq,…` token.
+fn parse_point(s: &str) -> Result<amisim_proto::as_of::Point, String> {
+    use amisim_proto::as_of::Point;
+    let t = s.trim();
+    if !t.is_empty() && t.bytes().all(|b| b.is_ascii_digit()) {
+        return t
+            .parse()
+            .map(Point::Seq)
+            .map_err(|_| format!("seq {t} is out of range"));
+    }
+    if let Ok(ms) = audit::parse_iso_ms(t) {
+        return Ok(Point::SimTimeMs(ms));
+    }
+    match audit::parse_token(t) {
+        Ok(pairs) if !pairs.is_empty() => Ok(Point::Token(t.to_string())),
+        _ => Err(format!(
+            "{t:?} is neither a seq, an ISO 8601 UTC time (2024-05-01T12:00:00Z) nor a token \
+             (us-east-1:12,eu-west-1:7)"
+        )),
+    }
+}
+
+pub async fn as_of(args: AsOfArgs) -> anyhow::Result<()> {
+    use amisim_proto::{
+        AsOf, DescribeImagesAsOfRequest, DescribeImagesRequest, DescribeSnapshotsAsOfRequest,
+        DescribeSnapshotsRequest,
+    };
+    let mut client = AuditClient::new(channel(&args.endpoint).await?)
+        .max_decoding_message_size(64 * 1024 * 1024);
+    let as_of = args.at.clone().map(|p| AsOf { point: Some(p) });
+    let region = args.region.clone().unwrap_or_default();
+    fn prepare<T>(
+        mut r: tonic::Request<T>,
+        token: Option<&str>,
+        account: Option<&str>,
+    ) -> anyhow::Result<tonic::Request<T>> {
+        authorize(&mut r, token)?;
+        if let Some(a) = account {
+            let v = a.parse().context("--account must be visible ASCII")?;
+            r.metadata_mut().insert("x-amisim-account", v);
+        }
+        Ok(r)
+    }
+    let (token, account) = (args.token.as_deref(), args.account.as_deref());
+    // (region, seq, time) of each region read, and the rows.
+    let (points, rows, json) = if args.snapshots {
+        let request = prepare(
+            tonic::Request::new(DescribeSnapshotsAsOfRequest {
+                as_of,
+                request: Some(DescribeSnapshotsRequest {
+                    snapshot_ids: args.ids.clone(),
+                    ..Default::default()
+                }),
+                region,
+            }),
+            token,
+            account,
+        )?;
+        let a = client
+            .describe_snapshots_as_of(request)
+            .await
+            .map_err(|s| anyhow::anyhow!("DescribeSnapshotsAsOf failed: {}", s.message()))?
+            .into_inner();
+        let rows: Vec<[String; 4]> = tagged(&a.snapshots, &a.response, |s| &s.snapshots)
+            .into_iter()
+            .map(|(r, s)| {
+                [
+                    r,
+                    s.snapshot_id.clone(),
+                    s.state.clone(),
+                    s.owner_id.clone(),
+                ]
+            })
+            .collect();
+        let json = json!({
+            "regions": points_json(&a.regions, a.seq, a.sim_time_ms),
+            "snapshots": tagged(&a.snapshots, &a.response, |s| &s.snapshots)
+                .into_iter()
+                .map(|(r, s)| json!({"region": r, "snapshot": audit::requests::to_json(s)}))
+                .collect::<Vec<_>>(),
+        });
+        (a.regions, rows, json)
+    } else {
+        let request = prepare(
+            tonic::Request::new(DescribeImagesAsOfRequest {
+                as_of,
+                request: Some(DescribeImagesRequest {
+                    image_ids: args.ids.clone(),
+                    ..Default::default()
+                }),
+                region,
+            }),
+            token,
+            account,
+        )?;
+        let a = client
+            .describe_images_as_of(request)
+            .await
+            .map_err(|s| anyhow::anyhow!("DescribeImagesAsOf failed: {}", s.message()))?
+            .into_inner();
+        let rows: Vec<[String; 4]> = tagged(&a.images, &a.response, |r| &r.images)
+            .into_iter()
+            .map(|(r, i)| [r, i.image_id.clone(), i.state.clone(), i.name.clone()])
+            .collect();
+        let json = json!({
+            "regions": points_json(&a.regions, a.seq, a.sim_time_ms),
+            "images": tagged(&a.images, &a.response, |r| &r.images)
+                .into_iter()
+                .map(|(r, i)| json!({"region": r, "image": audit::requests::to_json(i)}))
+                .collect::<Vec<_>>(),
+        });
+        (a.regions, rows, json)
+    };
+    let mut out = std::io::stdout().lock();
+    match args.format {
+        crate::replay::Format::Json => {
+            writeln!(out, "{}", serde_json::to_string_pretty(&json)?)?;
+        }
+        crate::replay::Format::Table => {
+            for p in &points {
+                writeln!(
+                    out,
+                    "# {} as of seq {} ({})",
+                    p.region,
+                    p.seq,
+                    if p.seq == 0 {
+                        "-".to_string()
+                    } else {
+                        amisim_core::time::iso(p.sim_time_ms)
+                    }
+                )?;
+            }
+            writeln!(
+                out,
+                "{:<12}  {:<24}  {:<10}  NAME/OWNER",
+                "REGION", "ID", "STATE"
+            )?;
+            for [r, id, state, name] in rows {
+                writeln!(out, "{r:<12}  {id:<24}  {state:<10}  {name}")?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The items of an as-of answer with their regions: the coordinator's tagged list, or a node's
+/// answer (its items, region unknown: empty).
+fn tagged<'a, T, R, I>(
+    tagged: &'a [T],
+    response: &'a Option<R>,
+    items: impl Fn(&'a R) -> &'a Vec<I>,
+) -> Vec<(String, &'a I)>
+where
+    T: RegionTagged<I>,
+{
+    if !tagged.is_empty() {
+        return tagged
+            .iter()
+            .filter_map(|t| t.item().map(|i| (t.region().to_string(), i)))
+            .collect();
+    }
+    response
+        .as_ref()
+        .map(|r| items(r).iter().map(|i| (String::new(), i)).collect())
+        .unwrap_or_default()
+}
+
+/// A region-tagged item of an as-of answer.
+trait RegionTagged<I> {
+    fn region(&self) -> &str;
+    fn item(&self) -> Option<&I>;
+}
+
+impl RegionTagged<amisim_proto::Image> for amisim_proto::RegionImage {
+    fn region(&self) -> &str {
+        &self.region
+    }
+    fn item(&self) -> Option<&amisim_proto::Image> {
+        self.image.as_ref()
+    }
+}
+
+impl RegionTagged<amisim_proto::Snapshot> for amisim_proto::RegionSnapshot {
+    fn region(&self) -> &str {
+        &self.region
+    }
+    fn item(&self) -> Option<&amisim_proto::Snapshot> {
+        self.snapshot.as_ref()
+    }
+}
+
+fn points_json(points: &[amisim_proto::RegionPoint], seq: u64, time: u64) -> Value {
+    if points.is_empty() {
+        return json!([{"seq": seq, "sim_time_ms": time}]);
+    }
+    Value::Array(
+        points
+            .iter()
+            .map(|p| json!({"region": p.region, "seq": p.seq, "sim_time_ms": p.sim_time_ms}))
+            .collect(),
+    )
 }
 
 pub async fn lookup(args: LookupArgs) -> anyhow::Result<()> {
-    let attributes: Vec<(String, String)> = args.attribute.clone().into_iter().collect();
+    let mut attributes: Vec<(String, String)> = args.attribute.clone().into_iter().collect();
+    if let Some(id) = &args.resource {
+        attributes.push(("ResourceName".to_string(), id.clone()));
+    }
     let mut found: Vec<TrailEvent> = Vec::new();
     let mut token = String::new();
     let limit = usize::try_from(args.max).unwrap_or(usize::MAX);
     match (&args.endpoint, &args.data) {
         (Some(url), _) => {
-            let url = if url.contains("://") {
-                url.clone()
-            } else {
-                format!("http://{url}")
-            };
-            let channel = Endpoint::from_shared(url.clone())
-                .with_context(|| format!("invalid --endpoint URL {url:?}"))?
-                .connect_timeout(Duration::from_secs(5))
-                .timeout(Duration::from_secs(60))
-                .connect()
-                .await
-                .with_context(|| format!("cannot reach the region node at {url}"))?;
-            let mut client = AuditClient::new(channel);
+            let mut client = AuditClient::new(channel(url).await?);
             loop {
                 let page = (limit - found.len()).min(50) as u32;
                 let mut request = tonic::Request::new(LookupEventsRequest {
@@ -184,13 +463,9 @@ pub async fn lookup(args: LookupArgs) -> anyhow::Result<()> {
                     end_time_ms: args.end,
                     max_results: page,
                     next_token: token.clone(),
+                    region: args.region.clone().unwrap_or_default(),
                 });
-                if let Some(t) = &args.token {
-                    let value = format!("Bearer {t}")
-                        .parse()
-                        .context("--token must be visible ASCII")?;
-                    request.metadata_mut().insert("authorization", value);
-                }
+                authorize(&mut request, args.token.as_deref())?;
                 let answer = client
                     .lookup_events(request)
                     .await

@@ -39,14 +39,20 @@ use std::sync::Arc;
 
 pub use as_of::{Checkpoints, DEFAULT_CHECKPOINT_EVERY};
 pub use digest::{
-    parse_public_key, read_digests, read_signing_key, DigestRecord, DigestSigner, DigestingLog,
-    DEFAULT_DIGEST_EVERY, DIGESTS_FILE, SIGNING_KEY_FILE,
+    parse_public_key, read_digests, read_request_digests, read_signing_key, DigestRecord,
+    DigestSigner, DigestingLog, DEFAULT_DIGEST_EVERY, DIGESTS_FILE, REQUESTS_LOG,
+    REQUEST_DIGESTS_FILE, SIGNING_KEY_FILE,
 };
+/// The public key type of the digests (`ed25519-dalek`), for callers of [`verify_log`].
+pub use ed25519_dalek::VerifyingKey;
 pub use lookup::{Attribute, Export, Lookup, LookupError, Record};
-pub use requests::{ApiCall, RequestRecorder, REQUESTS_DIR};
+pub use requests::{
+    default_retention, set_default_retention, ApiCall, RecorderOptions, RequestRecorder,
+    DEFAULT_QUEUE_CAPACITY, DEFAULT_RETENTION, REQUESTS_DIR,
+};
 pub use service::AuditService;
-pub use time::{parse_iso_ms, Point};
-pub use verify::{verify_log, VerifyReport};
+pub use time::{parse_duration, parse_iso_ms, parse_token, Point};
+pub use verify::{verify_log, verify_log_of, VerifyReport};
 
 /// Why an audit operation failed (I/O, a bad key or digest file) — never "the log is bad",
 /// which is a [`VerifyReport`].
@@ -77,11 +83,12 @@ impl AuditError {
     }
 }
 
-/// The audit side of one node: its digest signer (if it has a data directory) and its
-/// projection checkpoints.
+/// The audit side of one node: its digest signers (if it has a data directory: one for the
+/// state log, one for the request log, same key) and its projection checkpoints.
 #[derive(Debug, Default)]
 pub struct AuditTrail {
     signer: Option<Arc<DigestSigner>>,
+    request_signer: Option<Arc<DigestSigner>>,
     checkpoints: Checkpoints,
 }
 
@@ -95,8 +102,21 @@ impl AuditTrail {
     pub fn with_signer(signer: Arc<DigestSigner>) -> Self {
         AuditTrail {
             signer: Some(signer),
+            request_signer: None,
             checkpoints: Checkpoints::default(),
         }
+    }
+
+    /// Also signs the request log's digests with `signer` (the node's Audit service binds it to
+    /// the node's [`RequestRecorder`]; or give it in [`RecorderOptions::signer`]).
+    pub fn with_request_signer(mut self, signer: Arc<DigestSigner>) -> Self {
+        self.request_signer = Some(signer);
+        self
+    }
+
+    /// The signer of the request log's digests, if any.
+    pub fn request_signer(&self) -> Option<&Arc<DigestSigner>> {
+        self.request_signer.as_ref()
     }
 
     /// Checkpoints every `every` events instead of [`DEFAULT_CHECKPOINT_EVERY`].
@@ -114,8 +134,11 @@ impl AuditTrail {
     }
 }
 
-/// Opens the signer of the data directory `dir` and wraps `log` so that it signs a digest every
-/// `digest_every` events. Attach the returned trail to the node started on the returned log.
+/// Opens the signers of the data directory `dir` and wraps `log` so that it signs a digest every
+/// `digest_every` events. Attach the returned trail to the node started on the returned log; its
+/// [`AuditTrail::request_signer`] signs the request log's digests (`request-digests.jsonl`, every
+/// `digest_every` records too) once the node's Audit service binds it to the node's
+/// [`RequestRecorder`].
 pub fn open_signed(
     dir: &Path,
     region: &str,
@@ -123,6 +146,8 @@ pub fn open_signed(
     log: Arc<dyn amisim_log::EventLog>,
 ) -> Result<(Arc<dyn amisim_log::EventLog>, Arc<AuditTrail>), AuditError> {
     let signer = Arc::new(DigestSigner::open(dir, region, digest_every)?);
+    let request_signer = Arc::new(DigestSigner::open_requests(dir, region, digest_every)?);
     let log: Arc<dyn amisim_log::EventLog> = Arc::new(DigestingLog::new(log, signer.clone()));
-    Ok((log, Arc::new(AuditTrail::with_signer(signer))))
+    let trail = AuditTrail::with_signer(signer).with_request_signer(request_signer);
+    Ok((log, Arc::new(trail)))
 }

@@ -213,7 +213,7 @@ async fn audit_service_verifies_exports_the_key_and_streams_filtered() {
     }
     let image = {
         let s = node.state();
-        s.images.keys().next().unwrap().clone()
+        s.images.keys().next().unwrap().to_string()
     };
     node.execute(
         OTHER,
@@ -232,7 +232,7 @@ async fn audit_service_verifies_exports_the_key_and_streams_filtered() {
     let mut audit = AuditClient::new(served.channel().await);
 
     let v = audit
-        .verify_log(VerifyLogRequest {})
+        .verify_log(VerifyLogRequest::default())
         .await
         .unwrap()
         .into_inner();
@@ -240,14 +240,14 @@ async fn audit_service_verifies_exports_the_key_and_streams_filtered() {
     assert_eq!(v.head_seq, node.head_seq());
     assert_eq!(v.digests_checked, 1);
     let pk = audit
-        .get_public_key(GetPublicKeyRequest {})
+        .get_public_key(GetPublicKeyRequest::default())
         .await
         .unwrap()
         .into_inner();
     assert_eq!(pk.public_key.len(), 64);
     assert_eq!(pk.digest_every, DIGEST_EVERY);
     let digests = audit
-        .list_digests(ListDigestsRequest {})
+        .list_digests(ListDigestsRequest::default())
         .await
         .unwrap()
         .into_inner()
@@ -322,6 +322,7 @@ async fn audit_service_verifies_exports_the_key_and_streams_filtered() {
                     owners: vec!["self".into()],
                     ..Default::default()
                 }),
+                ..Default::default()
             },
         ))
         .await
@@ -375,12 +376,12 @@ async fn run_history(steps: Vec<Step>) {
                 ..Default::default()
             }),
             Step::Deregister(n) => Command::DeregisterImage(amisim_proto::DeregisterImageRequest {
-                image_id: nth(state.images.keys().cloned().collect(), n),
+                image_id: nth(state.images.keys().map(|k| k.to_string()).collect(), n),
                 ..Default::default()
             }),
             Step::Volume(n) => Command::CreateVolume(create_volume(1 + n as i32 % 16)),
             Step::Snapshot(n) => Command::CreateSnapshot(amisim_proto::CreateSnapshotRequest {
-                volume_id: nth(state.volumes.keys().cloned().collect(), n),
+                volume_id: nth(state.volumes.keys().map(|k| k.to_string()).collect(), n),
                 ..Default::default()
             }),
             Step::Tag(n) => Command::CreateTags(CreateTagsRequest {
@@ -388,8 +389,8 @@ async fn run_history(steps: Vec<Step>) {
                     state
                         .images
                         .keys()
-                        .chain(state.snapshots.keys())
-                        .cloned()
+                        .map(|k| k.to_string())
+                        .chain(state.snapshots.keys().map(|k| k.to_string()))
                         .collect(),
                     n,
                 )],

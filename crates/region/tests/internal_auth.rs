@@ -251,6 +251,7 @@ async fn with_an_accounts_file_the_audit_service_takes_only_the_operator_token()
                     snapshot_ids: vec![SNAP.into()],
                     ..Default::default()
                 }),
+                ..Default::default()
             },
         );
         if let Some(a) = account {
@@ -264,7 +265,7 @@ async fn with_an_accounts_file_the_audit_service_takes_only_the_operator_token()
         (Some("tok-owner"), "an account's token"),
     ] {
         let st = audit
-            .verify_log(with(token, VerifyLogRequest {}))
+            .verify_log(with(token, VerifyLogRequest::default()))
             .await
             .unwrap_err();
         assert_refused(&st, &format!("VerifyLog with {what}"));
@@ -284,7 +285,7 @@ async fn with_an_accounts_file_the_audit_service_takes_only_the_operator_token()
     }
 
     let report = audit
-        .verify_log(with(Some(OPERATOR), VerifyLogRequest {}))
+        .verify_log(with(Some(OPERATOR), VerifyLogRequest::default()))
         .await
         .unwrap()
         .into_inner();
@@ -334,7 +335,7 @@ async fn without_an_accounts_file_the_internal_services_stay_open() {
     let mut audit = AuditClient::new(s.channel().await);
     assert!(
         audit
-            .verify_log(with(None, VerifyLogRequest {}))
+            .verify_log(with(None, VerifyLogRequest::default()))
             .await
             .unwrap()
             .into_inner()

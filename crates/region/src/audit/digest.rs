@@ -17,6 +17,10 @@
 //! - [`DIGESTS_FILE`] (`digests.jsonl`): one JSON [`DigestRecord`] per line, oldest first,
 //!   appended and fsynced. Each digest names the previous one's signature, so the digests form
 //!   a chain of their own.
+//! - [`REQUEST_DIGESTS_FILE`] (`request-digests.jsonl`): the same for the request log
+//!   (ADR 0007), signed by the same key with another first line (`amisim-request-digest-v1`),
+//!   so a state-log digest can never pass for a request-log one. Kept beside, not inside,
+//!   `requests/` (sled's directory).
 //!
 //! The signed bytes are documented in `audit.proto` (`SignedDigest`) so any language can verify.
 
@@ -35,10 +39,16 @@ use super::AuditError;
 pub const SIGNING_KEY_FILE: &str = "signing.key";
 /// The signed digests file in a region's data directory.
 pub const DIGESTS_FILE: &str = "digests.jsonl";
+/// The signed digests of the request log, in a region's data directory.
+pub const REQUEST_DIGESTS_FILE: &str = "request-digests.jsonl";
+/// [`DigestRecord::log`] of a request-log digest.
+pub const REQUESTS_LOG: &str = "requests";
 /// Digests are signed every this many events by default (`--digest-every`).
 pub const DEFAULT_DIGEST_EVERY: u64 = 1000;
 /// First line of the signed bytes; names the format version.
 const DOMAIN: &str = "amisim-digest-v1";
+/// First line of the signed bytes of a request-log digest.
+const REQUEST_DOMAIN: &str = "amisim-request-digest-v1";
 
 /// One signed digest (a line of [`DIGESTS_FILE`]; `SignedDigest` in `audit.proto`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -55,13 +65,22 @@ pub struct DigestRecord {
     pub signature: String,
     /// Hex public key that signed it.
     pub public_key: String,
+    /// Which log: empty for the state log, [`REQUESTS_LOG`] for the request log. Not written
+    /// for the state log, so older digest files read unchanged.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub log: String,
 }
 
 impl DigestRecord {
     /// The bytes the signature covers (see `SignedDigest` in `audit.proto`).
     pub fn signed_bytes(&self) -> Vec<u8> {
+        let domain = if self.log.is_empty() {
+            DOMAIN
+        } else {
+            REQUEST_DOMAIN
+        };
         format!(
-            "{DOMAIN}\n{}\n{}\n{}\n{}\n{}",
+            "{domain}\n{}\n{}\n{}\n{}\n{}",
             self.region, self.seq, self.head_hash, self.sim_time_ms, self.prev_signature
         )
         .into_bytes()
@@ -87,6 +106,7 @@ impl DigestRecord {
             prev_signature: self.prev_signature.clone(),
             signature: self.signature.clone(),
             public_key: self.public_key.clone(),
+            log: self.log.clone(),
         }
     }
 }
@@ -123,7 +143,17 @@ pub fn read_signing_key(dir: &Path) -> Result<Option<SigningKey>, AuditError> {
 
 /// Reads every digest of the data directory `dir`, oldest first (none if there is no file).
 pub fn read_digests(dir: &Path) -> Result<Vec<DigestRecord>, AuditError> {
-    let path = dir.join(DIGESTS_FILE);
+    read_digests_file(&dir.join(DIGESTS_FILE))
+}
+
+/// Reads every request-log digest of the data directory `dir`, oldest first.
+pub fn read_request_digests(dir: &Path) -> Result<Vec<DigestRecord>, AuditError> {
+    read_digests_file(&dir.join(REQUEST_DIGESTS_FILE))
+}
+
+/// Reads a digests file, oldest first (none if there is no file).
+pub fn read_digests_file(path: &Path) -> Result<Vec<DigestRecord>, AuditError> {
+    let path = path.to_path_buf();
     let file = match File::open(&path) {
         Ok(f) => f,
         Err(e) if e.kind() == ErrorKind::NotFound => return Ok(Vec::new()),
@@ -148,7 +178,10 @@ pub fn read_digests(dir: &Path) -> Result<Vec<DigestRecord>, AuditError> {
 #[derive(Debug)]
 pub struct DigestSigner {
     region: String,
-    dir: PathBuf,
+    /// [`DigestRecord::log`] of what it signs.
+    log: String,
+    /// The digests file.
+    path: PathBuf,
     every: u64,
     key: SigningKey,
     public_key: String,
@@ -167,13 +200,31 @@ impl DigestSigner {
     /// Opens the signer of the data directory `dir`: loads its key (creating it at first start)
     /// and the last digest. `every` 0 reads as [`DEFAULT_DIGEST_EVERY`].
     pub fn open(dir: &Path, region: &str, every: u64) -> Result<DigestSigner, AuditError> {
+        Self::open_for(dir, region, every, "")
+    }
+
+    /// The signer of the request log of `dir` (same key, [`REQUEST_DIGESTS_FILE`]).
+    pub fn open_requests(dir: &Path, region: &str, every: u64) -> Result<DigestSigner, AuditError> {
+        Self::open_for(dir, region, every, REQUESTS_LOG)
+    }
+
+    fn open_for(
+        dir: &Path,
+        region: &str,
+        every: u64,
+        log: &str,
+    ) -> Result<DigestSigner, AuditError> {
         fs::create_dir_all(dir).map_err(|e| AuditError::io(dir, e))?;
         let key = match read_signing_key(dir)? {
             Some(key) => key,
             None => create_key(dir)?,
         };
-        let last = read_digests(dir)?.pop();
-        let path = dir.join(DIGESTS_FILE);
+        let path = dir.join(if log.is_empty() {
+            DIGESTS_FILE
+        } else {
+            REQUEST_DIGESTS_FILE
+        });
+        let last = read_digests_file(&path)?.pop();
         let file = OpenOptions::new()
             .create(true)
             .append(true)
@@ -182,13 +233,15 @@ impl DigestSigner {
         let public_key = hex::encode(key.verifying_key().as_bytes());
         tracing::info!(
             region,
+            log,
             public_key = %public_key,
             last_digest_seq = last.as_ref().map(|d| d.seq).unwrap_or(0),
             "audit digests: signing key loaded"
         );
         Ok(DigestSigner {
             region: region.to_string(),
-            dir: dir.to_path_buf(),
+            log: log.to_string(),
+            path,
             every: if every == 0 {
                 DEFAULT_DIGEST_EVERY
             } else {
@@ -206,6 +259,11 @@ impl DigestSigner {
 
     pub fn region(&self) -> &str {
         &self.region
+    }
+
+    /// [`DigestRecord::log`] of the digests it signs (empty: the state log).
+    pub fn log(&self) -> &str {
+        &self.log
     }
 
     /// Digests are signed every this many events.
@@ -226,7 +284,7 @@ impl DigestSigner {
     pub fn digests(&self) -> Result<Vec<DigestRecord>, AuditError> {
         // Hold the lock so no line is half written while reading.
         let _guard = self.inner.lock().map_err(|_| AuditError::Poisoned)?;
-        read_digests(&self.dir)
+        read_digests_file(&self.path)
     }
 
     /// Why signing stopped, if it did.
@@ -253,12 +311,13 @@ impl DigestSigner {
                 .unwrap_or_default(),
             signature: String::new(),
             public_key: self.public_key.clone(),
+            log: self.log.clone(),
         };
         record.signature = hex::encode(self.key.sign(&record.signed_bytes()).to_bytes());
         let mut line = serde_json::to_string(&record)
             .map_err(|e| AuditError::Key(format!("cannot encode a digest: {e}")))?;
         line.push('\n');
-        let path = self.dir.join(DIGESTS_FILE);
+        let path = self.path.clone();
         let written = inner
             .file
             .write_all(line.as_bytes())
@@ -268,7 +327,7 @@ impl DigestSigner {
             inner.failed = Some(e.to_string());
             return Err(e);
         }
-        tracing::debug!(region = %self.region, seq, "audit digest signed");
+        tracing::debug!(region = %self.region, log = %self.log, seq, "audit digest signed");
         inner.last = Some(record);
         Ok(())
     }

@@ -11,6 +11,11 @@
 //! search in each, and a page is read backwards from its end. Records are ordered by
 //! (time, source, seq); pages go newest first and a `next_token` is the position of the last
 //! record returned (records added meanwhile do not shift later pages).
+//!
+//! Retention ([`Lookup::with_floor`]): the service passes "now − retention" of the node's
+//! simulated clock; records older are not returned and an older `StartTime` is clamped to it.
+//! The floor is not part of the `next_token`'s parameters, so paging goes on while the clock
+//! moves (a page may then end a little earlier, never repeat a record).
 
 use amisim_log::{Event, EventLog, LogError};
 use amisim_proto::event::Payload;
@@ -18,7 +23,7 @@ use serde_json::{json, Map, Value};
 use sha2::{Digest, Sha256};
 
 use super::as_of::{first_seq_from, resolve};
-use super::requests::{self, EC2_SOURCE, EVENT_VERSION, KMS_SOURCE};
+use super::requests::{self, CLOUDTRAIL_SOURCE, EC2_SOURCE, EVENT_VERSION, KMS_SOURCE};
 use super::stream::payload_name;
 use super::time::Point;
 
@@ -41,6 +46,8 @@ pub enum Source {
 /// One record of the trail.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Record {
+    /// The region whose trail holds it.
+    pub region: String,
     pub source: Source,
     /// Seq in its log.
     pub seq: u64,
@@ -48,7 +55,8 @@ pub struct Record {
     pub event_id: String,
     pub event_name: String,
     pub event_source: String,
-    /// `AwsApiCall` or `SystemTransition`.
+    /// `AwsApiCall`, `SystemTransition`, or `AwsServiceEvent` (the recorder's own
+    /// `RecordsDropped`).
     pub event_type: &'static str,
     pub read_only: bool,
     /// The caller's account (`system` for a transition).
@@ -71,13 +79,18 @@ impl Record {
             return None;
         };
         Some(Record {
+            region: e.region.clone(),
             source: Source::Requests,
             seq: e.seq,
             time_ms: e.sim_time_ms,
             event_id: e.event_id.clone(),
             event_name: r.event_name.clone(),
             event_source: r.event_source.clone(),
-            event_type: "AwsApiCall",
+            event_type: if r.event_source == CLOUDTRAIL_SOURCE {
+                "AwsServiceEvent"
+            } else {
+                "AwsApiCall"
+            },
             read_only: r.read_only,
             username: r.account_id.clone(),
             error_code: r.error_code.clone(),
@@ -150,6 +163,7 @@ impl Record {
             m.insert("amisimCorrelationId".into(), json!(e.correlation_id));
         }
         Some(Record {
+            region: e.region.clone(),
             source: Source::State,
             seq: e.seq,
             time_ms: e.sim_time_ms,
@@ -187,6 +201,8 @@ impl Record {
             cloud_trail_event: self.json.clone(),
             event_type: self.event_type.to_string(),
             error_code: self.error_code.clone(),
+            region: self.region.clone(),
+            position: String::new(),
         }
     }
 }
@@ -306,6 +322,8 @@ pub struct Lookup {
     pub max_results: usize,
     /// Records strictly older than this position.
     after: Option<(u64, Source, u64)>,
+    /// Retention: no record older than this (simulated ms); not part of the token.
+    floor_ms: Option<u64>,
 }
 
 impl Lookup {
@@ -350,6 +368,7 @@ impl Lookup {
             end_ms,
             max_results,
             after: None,
+            floor_ms: None,
         };
         if !next_token.is_empty() {
             lookup.after = Some(lookup.parse_token(next_token)?);
@@ -370,7 +389,22 @@ impl Lookup {
         hex::encode(&Sha256::digest(text.as_bytes())[..8])
     }
 
-    fn token(&self, r: &Record) -> String {
+    /// Returns no record older than `floor_ms` (retention; see the module docs).
+    pub fn with_floor(mut self, floor_ms: Option<u64>) -> Self {
+        self.floor_ms = floor_ms;
+        self
+    }
+
+    /// The start of the range searched: `start_ms` clamped to the retention floor.
+    pub fn effective_start(&self) -> Option<u64> {
+        match (self.start_ms, self.floor_ms) {
+            (Some(s), Some(f)) => Some(s.max(f)),
+            (s, f) => s.or(f),
+        }
+    }
+
+    /// The `next_token` that continues right after `r` (its `position`).
+    pub fn token(&self, r: &Record) -> String {
         format!(
             "v1.{}.{}.{}.{}",
             self.fingerprint(),
@@ -439,7 +473,13 @@ impl Lookup {
         convert: fn(&Event) -> Option<Record>,
         want: usize,
     ) -> Result<Vec<Record>, LookupError> {
-        let (lo, mut hi) = seq_range(log, self.start_ms, self.end_ms)?;
+        let start = self.effective_start();
+        if let (Some(s), Some(e)) = (start, self.end_ms) {
+            if s > e {
+                return Ok(Vec::new());
+            }
+        }
+        let (lo, mut hi) = seq_range(log, start, self.end_ms)?;
         if let Some((t, _, _)) = self.after {
             hi = hi.min(resolve(log, Point::SimTime(t))?);
         }

@@ -3,7 +3,8 @@
 //!
 //! The `Ec2` and `Kms` services hand an [`ApiCall`] to the node's [`RequestRecorder`] once the
 //! call's outcome is known (success, EC2/KMS error, `AuthFailure`, `DryRunOperation`). The
-//! recorder only queues it (an unbounded channel: a request never waits for the disk); its
+//! recorder only queues it (a bounded channel, [`DEFAULT_QUEUE_CAPACITY`]: a request never
+//! waits for the disk; see "A full queue" below); its
 //! background thread takes up to [`MAX_RECORDS_PER_FLUSH`] queued calls at a time, builds their
 //! CloudTrail JSON and appends them as [`ApiCallRecorded`] events to the request log with one
 //! flush. [`RequestRecorder::flush`] waits until everything queued before it is durable
@@ -12,9 +13,38 @@
 //!
 //! The event times of the request log never decrease (the recorder clamps a call that
 //! completed a little before the previous one was queued), so time ranges are binary searches.
+//!
+//! # A full queue: a counted, visible drop
+//!
+//! `record` is called on the request path of every call and must not wait (a read would then
+//! wait for a disk flush, and `record` is synchronous). So when the queue is full — the disk
+//! cannot keep up with the call rate for [`DEFAULT_QUEUE_CAPACITY`] records — the record is
+//! dropped, never the call: the drop is counted ([`RequestRecorder::dropped`]), logged
+//! (`warn`, at most once per batch), and the recorder appends a record of its own with the next
+//! batch: `eventName: RecordsDropped`, `eventSource: cloudtrail.amazonaws.com`, `eventType:
+//! AwsServiceEvent`, `serviceEventDetails: {droppedRecords, queueCapacity}`, so the gap is in
+//! the trail itself (LookupEvents `EventName=RecordsDropped`), not only in a log file. Memory
+//! stays bounded whatever the call rate. (Backpressure was the alternative: it would make the
+//! slowest disk the limit of every read.)
+//!
+//! # Signed digests
+//!
+//! With a request-log signer (the node's key: [`super::AuditTrail::request_signer`], bound by
+//! [`RequestRecorder::attach_signer`] — the node's Audit service does it when it starts — or
+//! given in [`RecorderOptions::signer`]), the recorder's thread signs a digest every N records
+//! after their append, and [`RequestRecorder::flush`] signs the head (a clean shutdown flushes;
+//! so do LookupEvents and VerifyLog), so a truncated request log is detected like a truncated
+//! state log.
+//!
+//! # Retention
+//!
+//! LookupEvents shows the records of the last [`RequestRecorder::retention`] of simulated time
+//! (CloudTrail's event history: 90 days; `--trail-retention` sets the process default,
+//! [`set_default_retention`]). Older records stay in the log: export and verify see them.
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
 
 use amisim_log::{Event, EventLog, LogError};
 use amisim_proto::event::Payload;
@@ -32,6 +62,35 @@ pub const KMS_SOURCE: &str = "kms.amazonaws.com";
 pub const REQUESTS_DIR: &str = "requests";
 /// At most this many records go into one append (one flush) of the request log.
 pub const MAX_RECORDS_PER_FLUSH: usize = 256;
+/// Records queued at most between the request handlers and the recorder's thread (beyond it a
+/// record is dropped, counted and reported; see the module docs). At ~1 KiB a record: ~64 MiB.
+pub const DEFAULT_QUEUE_CAPACITY: usize = 65_536;
+/// How long LookupEvents shows a record by default: CloudTrail's event history keeps 90 days.
+pub const DEFAULT_RETENTION: Duration = Duration::from_secs(90 * 24 * 3600);
+/// `eventSource` of the recorder's own `RecordsDropped` records.
+pub const CLOUDTRAIL_SOURCE: &str = "cloudtrail.amazonaws.com";
+/// `eventName` of the recorder's own record of dropped records.
+pub const RECORDS_DROPPED: &str = "RecordsDropped";
+
+/// The process-wide retention of recorders without their own, in ms (0: [`DEFAULT_RETENTION`]).
+static DEFAULT_RETENTION_MS: AtomicU64 = AtomicU64::new(0);
+
+/// Sets the retention of every recorder of this process that has none of its own
+/// (`--trail-retention`).
+pub fn set_default_retention(retention: Duration) {
+    let ms = u64::try_from(retention.as_millis())
+        .unwrap_or(u64::MAX)
+        .max(1);
+    DEFAULT_RETENTION_MS.store(ms, Ordering::Relaxed);
+}
+
+/// The process-wide retention ([`DEFAULT_RETENTION`] unless set).
+pub fn default_retention() -> Duration {
+    match DEFAULT_RETENTION_MS.load(Ordering::Relaxed) {
+        0 => DEFAULT_RETENTION,
+        ms => Duration::from_millis(ms),
+    }
+}
 /// At most this many resources are listed per record.
 const MAX_RESOURCES: usize = 50;
 /// A claimed (unauthenticated) account id longer than this is cut.
@@ -298,13 +357,89 @@ pub fn record_event(region: &str, call: &ApiCall, event_id: &str, wall_time_ms: 
     }
 }
 
+/// The record of `dropped` records lost to a full queue (see the module docs).
+pub fn dropped_event(region: &str, dropped: u64, capacity: usize, time_ms: u64, id: &str) -> Event {
+    let details = json!({
+        "droppedRecords": dropped,
+        "queueCapacity": capacity,
+        "reason": "the request-record queue was full: the request log could not keep up",
+    });
+    let mut m = Map::new();
+    m.insert("eventVersion".into(), json!(EVENT_VERSION));
+    m.insert(
+        "userIdentity".into(),
+        json!({"type": "AWSService", "invokedBy": CLOUDTRAIL_SOURCE}),
+    );
+    m.insert("eventTime".into(), json!(event_time(time_ms)));
+    m.insert("eventSource".into(), json!(CLOUDTRAIL_SOURCE));
+    m.insert("eventName".into(), json!(RECORDS_DROPPED));
+    m.insert("awsRegion".into(), json!(region));
+    m.insert("sourceIPAddress".into(), json!(CLOUDTRAIL_SOURCE));
+    m.insert("requestParameters".into(), Value::Null);
+    m.insert("responseElements".into(), Value::Null);
+    m.insert("serviceEventDetails".into(), details);
+    m.insert("eventID".into(), json!(id));
+    m.insert("readOnly".into(), json!(false));
+    m.insert("eventType".into(), json!("AwsServiceEvent"));
+    m.insert("managementEvent".into(), json!(true));
+    m.insert("eventCategory".into(), json!("Management"));
+    Event {
+        region: region.to_string(),
+        event_id: id.to_string(),
+        sim_time_ms: time_ms,
+        account_id: amisim_core::ids::SYSTEM_ACCOUNT.to_string(),
+        payload: Some(Payload::ApiCallRecorded(ApiCallRecorded {
+            cloudtrail_json: Value::Object(m).to_string(),
+            event_name: RECORDS_DROPPED.to_string(),
+            event_source: CLOUDTRAIL_SOURCE.to_string(),
+            account_id: amisim_core::ids::SYSTEM_ACCOUNT.to_string(),
+            event_time_ms: time_ms,
+            ..Default::default()
+        })),
+        ..Event::default()
+    }
+}
+
+/// How a [`RequestRecorder`] runs.
+#[derive(Debug, Clone)]
+pub struct RecorderOptions {
+    /// Also record Describe/Get/List calls (CloudTrail does). Default true.
+    pub record_reads: bool,
+    /// The queue's capacity (default [`DEFAULT_QUEUE_CAPACITY`]; 0 reads as 1).
+    pub capacity: usize,
+    /// LookupEvents shows records of the last this long of simulated time (default: none of
+    /// its own, the process-wide [`default_retention`], 90 days unless set).
+    pub retention: Option<Duration>,
+    /// Signs digests of the request log (the node's key; [`super::AuditTrail::request_signer`]).
+    pub signer: Option<Arc<super::DigestSigner>>,
+}
+
+impl Default for RecorderOptions {
+    fn default() -> Self {
+        RecorderOptions {
+            record_reads: true,
+            capacity: DEFAULT_QUEUE_CAPACITY,
+            retention: None,
+            signer: None,
+        }
+    }
+}
+
 /// The node's request recorder: a queue in front of the request log and the thread that
 /// drains it.
 pub struct RequestRecorder {
     region: String,
     log: Arc<dyn EventLog>,
     record_reads: bool,
-    queue: mpsc::UnboundedSender<ApiCall>,
+    retention: Option<Duration>,
+    /// Signs the request log's digests once bound (shared with the thread).
+    signer: Arc<OnceLock<Arc<super::DigestSigner>>>,
+    queue: mpsc::Sender<ApiCall>,
+    capacity: usize,
+    /// Records dropped because the queue was full, in all.
+    dropped: AtomicU64,
+    /// Dropped and not yet reported in the log (the thread takes them).
+    unreported: Arc<AtomicU64>,
     /// Calls queued so far.
     submitted: AtomicU64,
     /// Calls handled so far (written, or dropped after a failure), from the thread.
@@ -318,6 +453,8 @@ impl std::fmt::Debug for RequestRecorder {
         f.debug_struct("RequestRecorder")
             .field("region", &self.region)
             .field("record_reads", &self.record_reads)
+            .field("capacity", &self.capacity)
+            .field("dropped", &self.dropped.load(Ordering::Relaxed))
             .field("submitted", &self.submitted.load(Ordering::Relaxed))
             .field("handled", &*self.handled.borrow())
             .finish()
@@ -333,7 +470,29 @@ impl RequestRecorder {
         log: Arc<dyn EventLog>,
         record_reads: bool,
     ) -> std::io::Result<Arc<RequestRecorder>> {
-        let (queue, rx) = mpsc::unbounded_channel();
+        Self::start_with(
+            region,
+            log,
+            RecorderOptions {
+                record_reads,
+                ..RecorderOptions::default()
+            },
+        )
+    }
+
+    /// As [`RequestRecorder::start`] with every option.
+    pub fn start_with(
+        region: &str,
+        log: Arc<dyn EventLog>,
+        options: RecorderOptions,
+    ) -> std::io::Result<Arc<RequestRecorder>> {
+        let signer = Arc::new(OnceLock::new());
+        if let Some(s) = options.signer {
+            let _ = signer.set(s);
+        }
+        let capacity = options.capacity.max(1);
+        let (queue, rx) = mpsc::channel(capacity);
+        let unreported = Arc::new(AtomicU64::new(0));
         let (handled_tx, handled) = watch::channel(0u64);
         let failure = Arc::new(Mutex::new(None));
         let last_ms = log
@@ -348,6 +507,9 @@ impl RequestRecorder {
             handled: handled_tx,
             failure: failure.clone(),
             last_ms,
+            unreported: unreported.clone(),
+            capacity,
+            signer: signer.clone(),
         };
         std::thread::Builder::new()
             .name(format!("amisim-requests-{region}"))
@@ -355,8 +517,13 @@ impl RequestRecorder {
         Ok(Arc::new(RequestRecorder {
             region: region.to_string(),
             log,
-            record_reads,
+            record_reads: options.record_reads,
+            retention: options.retention,
+            signer,
             queue,
+            capacity,
+            dropped: AtomicU64::new(0),
+            unreported,
             submitted: AtomicU64::new(0),
             handled,
             failure,
@@ -373,30 +540,80 @@ impl RequestRecorder {
         self.record_reads
     }
 
+    /// How far back LookupEvents shows records (simulated time).
+    pub fn retention(&self) -> Duration {
+        self.retention.unwrap_or_else(default_retention)
+    }
+
+    /// The signer of the request log's digests, if any.
+    pub fn signer(&self) -> Option<&Arc<super::DigestSigner>> {
+        self.signer.get()
+    }
+
+    /// Signs the request log's digests with `signer` from now on (the node's Audit service
+    /// binds the trail's request signer when it starts). False if one was bound already.
+    pub fn attach_signer(&self, signer: Arc<super::DigestSigner>) -> bool {
+        self.signer.set(signer).is_ok()
+    }
+
+    /// Records dropped so far because the queue was full.
+    pub fn dropped(&self) -> u64 {
+        self.dropped.load(Ordering::Relaxed)
+    }
+
+    /// The queue's capacity.
+    pub fn capacity(&self) -> usize {
+        self.capacity
+    }
+
     /// Why recording stopped (a request log append failed), if it did.
     pub fn failure(&self) -> Option<String> {
         self.failure.lock().ok().and_then(|f| f.clone())
     }
 
-    /// Queues a call (never blocks). A read is dropped when reads are not recorded.
+    /// Queues a call (never blocks). A read is dropped when reads are not recorded; any call
+    /// is dropped, counted and reported when the queue is full (see the module docs).
     pub fn record(&self, call: ApiCall) {
         if call.read_only && !self.record_reads {
             return;
         }
         self.submitted.fetch_add(1, Ordering::SeqCst);
-        if self.queue.send(call).is_err() {
-            // The thread is gone (it only ends when the recorder is dropped).
-            self.submitted.fetch_sub(1, Ordering::SeqCst);
+        match self.queue.try_send(call) {
+            Ok(()) => {}
+            Err(mpsc::error::TrySendError::Full(call)) => {
+                self.submitted.fetch_sub(1, Ordering::SeqCst);
+                let total = self.dropped.fetch_add(1, Ordering::Relaxed) + 1;
+                let before = self.unreported.fetch_add(1, Ordering::SeqCst);
+                if before == 0 {
+                    tracing::warn!(region = %self.region, capacity = self.capacity,
+                        dropped_total = total, event_name = call.event_name,
+                        "request-record queue full: dropping API call records (counted, and \
+                         reported in the trail as RecordsDropped)");
+                }
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => {
+                // The thread is gone (it only ends when the recorder is dropped).
+                self.submitted.fetch_sub(1, Ordering::SeqCst);
+            }
         }
     }
 
     /// Waits until every call queued before this returns is in the request log (or dropped
-    /// after a failure).
+    /// after a failure); then, with a signer, signs a digest of the request log's head.
     pub async fn flush(&self) {
         let target = self.submitted.load(Ordering::SeqCst);
         let mut handled = self.handled.clone();
         // An Err means the thread is gone: nothing more will be written.
         let _ = handled.wait_for(|h| *h >= target).await;
+        if let Some(signer) = self.signer.get().cloned() {
+            let log = self.log.clone();
+            let region = self.region.clone();
+            let sealed = tokio::task::spawn_blocking(move || signer.seal(log.as_ref())).await;
+            if let Ok(Err(e)) = sealed {
+                tracing::error!(region = %region, error = %e,
+                    "cannot sign a digest of the request log");
+            }
+        }
     }
 }
 
@@ -404,10 +621,14 @@ impl RequestRecorder {
 struct Drain {
     region: String,
     log: Arc<dyn EventLog>,
-    rx: mpsc::UnboundedReceiver<ApiCall>,
+    rx: mpsc::Receiver<ApiCall>,
     handled: watch::Sender<u64>,
     failure: Arc<Mutex<Option<String>>>,
     last_ms: u64,
+    /// Dropped records not yet reported (shared with the recorder).
+    unreported: Arc<AtomicU64>,
+    capacity: usize,
+    signer: Arc<OnceLock<Arc<super::DigestSigner>>>,
 }
 
 impl Drain {
@@ -428,18 +649,34 @@ impl Drain {
                     .duration_since(std::time::UNIX_EPOCH)
                     .map(|d| d.as_millis() as u64)
                     .unwrap_or(0);
-                let events: Vec<Event> = batch
-                    .iter_mut()
-                    .map(|call| {
-                        // Times never decrease along the log (see the module docs).
-                        self.last_ms = self.last_ms.max(call.time_ms);
-                        call.time_ms = self.last_ms;
-                        let id = amisim_core::ids::generate_uuid(&mut rng);
-                        record_event(&self.region, call, &id, wall)
-                    })
-                    .collect();
-                if let Err(e) = self.log.append(events) {
-                    self.fail(&e);
+                // Drops since the last batch: reported first (they happened before these
+                // records were taken), at the first record's time.
+                let dropped = self.unreported.swap(0, Ordering::SeqCst);
+                let mut events: Vec<Event> = Vec::with_capacity(batch.len() + 1);
+                if dropped > 0 {
+                    let first = batch.first().map_or(0, |c| c.time_ms);
+                    let time = self.last_ms.max(first);
+                    let id = amisim_core::ids::generate_uuid(&mut rng);
+                    let mut e = dropped_event(&self.region, dropped, self.capacity, time, &id);
+                    e.wall_time_ms = wall;
+                    events.push(e);
+                    tracing::warn!(region = %self.region, dropped,
+                        "request log: RecordsDropped record written");
+                }
+                events.extend(batch.iter_mut().map(|call| {
+                    // Times never decrease along the log (see the module docs).
+                    self.last_ms = self.last_ms.max(call.time_ms);
+                    call.time_ms = self.last_ms;
+                    let id = amisim_core::ids::generate_uuid(&mut rng);
+                    record_event(&self.region, call, &id, wall)
+                }));
+                match self.log.append(events) {
+                    Ok(stamped) => {
+                        if let Some(signer) = self.signer.get() {
+                            signer.after_append(&stamped);
+                        }
+                    }
+                    Err(e) => self.fail(&e),
                 }
             } else {
                 tracing::warn!(region = %self.region, dropped = n,
@@ -527,6 +764,97 @@ mod tests {
                 "AWS::KMS::Key".to_string(),
                 "1234abcd-12ab-34cd-56ef-1234567890ab".to_string()
             )]
+        );
+    }
+
+    /// A log whose appends wait until the test opens the gate (a disk that cannot keep up).
+    struct GatedLog {
+        inner: MemoryLog,
+        gate: std::sync::Mutex<bool>,
+        opened: std::sync::Condvar,
+    }
+
+    impl EventLog for GatedLog {
+        fn head(&self) -> amisim_log::Head {
+            self.inner.head()
+        }
+        fn append(&self, events: Vec<Event>) -> Result<Vec<Event>, LogError> {
+            let mut open = self.gate.lock().unwrap();
+            while !*open {
+                open = self.opened.wait(open).unwrap();
+            }
+            drop(open);
+            self.inner.append(events)
+        }
+        fn read_range(&self, from: u64, to: u64) -> Result<Vec<Event>, LogError> {
+            self.inner.read_range(from, to)
+        }
+        fn subscribe_head(&self) -> tokio::sync::watch::Receiver<u64> {
+            self.inner.subscribe_head()
+        }
+        fn verify(&self) -> Result<amisim_log::Head, LogError> {
+            self.inner.verify()
+        }
+    }
+
+    #[tokio::test]
+    async fn a_full_queue_drops_counts_and_reports_in_the_trail() {
+        let log = Arc::new(GatedLog {
+            inner: MemoryLog::new(),
+            gate: std::sync::Mutex::new(false),
+            opened: std::sync::Condvar::new(),
+        });
+        let rec = RequestRecorder::start_with(
+            "us-east-1",
+            log.clone(),
+            RecorderOptions {
+                capacity: 4,
+                ..RecorderOptions::default()
+            },
+        )
+        .unwrap();
+        // given: the thread holds one record at the closed gate, 4 wait in the queue
+        rec.record(call("RegisterImage", 1000));
+        for _ in 0..200 {
+            if rec.queue.capacity() == 4 {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+        for i in 0..10 {
+            rec.record(call("CreateImage", 2000 + i));
+        }
+        // then: the calls beyond the queue are dropped and counted, never waited for
+        assert_eq!(rec.dropped(), 6);
+        *log.gate.lock().unwrap() = true;
+        log.opened.notify_all();
+        rec.flush().await;
+        let events = log.read_range(1, 100).unwrap();
+        let names: Vec<String> = events
+            .iter()
+            .filter_map(|e| match &e.payload {
+                Some(Payload::ApiCallRecorded(r)) => Some(r.event_name.clone()),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(names.len(), 1 + 4 + 1, "{names:?}");
+        let dropped = events
+            .iter()
+            .find_map(|e| match &e.payload {
+                Some(Payload::ApiCallRecorded(r)) if r.event_name == RECORDS_DROPPED => Some(r),
+                _ => None,
+            })
+            .expect("a RecordsDropped record");
+        let v: Value = serde_json::from_str(&dropped.cloudtrail_json).unwrap();
+        assert_eq!(v["serviceEventDetails"]["droppedRecords"], 6);
+        assert_eq!(v["eventType"], "AwsServiceEvent");
+        assert_eq!(
+            super::super::lookup::Record::from_request(
+                events.iter().find(|e| e.event_id == v["eventID"]).unwrap()
+            )
+            .unwrap()
+            .event_type,
+            "AwsServiceEvent"
         );
     }
 

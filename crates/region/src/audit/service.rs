@@ -1,4 +1,7 @@
 //! The `Audit` gRPC service of a region node (`audit.proto`).
+//!
+//! The `region` fields the coordinator uses (ADR 0010) are checked here: empty or this node's
+//! region, else INVALID_ARGUMENT `InvalidRegion`. A `token` point takes this region's seq.
 
 use std::sync::Arc;
 
@@ -8,17 +11,19 @@ use amisim_proto::{
     AuditStreamRequest, DescribeImagesAsOfRequest, DescribeImagesAsOfResponse,
     DescribeSnapshotsAsOfRequest, DescribeSnapshotsAsOfResponse, GetPublicKeyRequest,
     GetPublicKeyResponse, ListDigestsRequest, ListDigestsResponse, LookupEventsRequest,
-    LookupEventsResponse, VerifyLogRequest, VerifyLogResponse,
+    LookupEventsResponse, ResolvePointRequest, ResolvePointResponse, VerifyLogRequest,
+    VerifyLogResponse,
 };
 use futures::StreamExt;
 use tokio::sync::watch;
 use tonic::{Request, Response, Status};
 
 use super::as_of::{first_seq_from, resolve};
+use super::digest::REQUESTS_LOG;
 use super::lookup::{Lookup, LookupError};
 use super::stream::EventFilter;
 use super::time::Point;
-use super::{verify_log, AuditError};
+use super::{verify_log, verify_log_of, AuditError, VerifyReport};
 use crate::ec2_service::{account_from_metadata, request_id_from_metadata, status_from_ec2};
 use crate::internal_auth::check_operator;
 use crate::region_service::{until_closing, EventStream};
@@ -49,6 +54,13 @@ impl AuditService {
                 }
             });
         }
+        // The request log's digests (ADR 0006/0007): the trail's request signer, bound to the
+        // recorder here because both are attached to the node before it is served.
+        if let (Some(signer), Some(recorder)) =
+            (node.audit().request_signer().cloned(), node.requests())
+        {
+            recorder.attach_signer(signer);
+        }
         AuditService {
             node,
             closing: None,
@@ -72,11 +84,34 @@ impl AuditService {
         }
     }
 
+    /// Refuses a request that names another region than this node's.
+    fn check_region(&self, region: &str) -> Result<(), Status> {
+        let region = region.trim();
+        if region.is_empty() || region == self.node.region() {
+            return Ok(());
+        }
+        Err(coded(
+            tonic::Code::InvalidArgument,
+            "InvalidRegion",
+            format!(
+                "this node serves region {}, not {region:?} (ask the coordinator for other \
+                 regions)",
+                self.node.region()
+            ),
+        ))
+    }
+
+    /// The point of a request as this node reads it (a token point: this region's seq).
+    fn point(&self, as_of: Option<&amisim_proto::AsOf>, default: Point) -> Result<Point, Status> {
+        Point::from_proto_for(as_of, default, self.node.region())
+            .map_err(|e| coded(tonic::Code::InvalidArgument, "InvalidParameterValue", e))
+    }
+
     /// A point-in-time read: the caller's account, the state just after `as_of`, the query.
     async fn read_as_of<Req>(
         &self,
         request: Request<Req>,
-        split: fn(Req) -> (Option<amisim_proto::AsOf>, Query),
+        split: fn(Req) -> (Option<amisim_proto::AsOf>, String, Query),
     ) -> Result<(u64, u64, Answer), Status> {
         let request_id = request_id_from_metadata(request.metadata());
         // The caller is the operator (ADR 0009: with an accounts file `serve` lets only its
@@ -85,8 +120,9 @@ impl AuditService {
         let account = check_operator(request.metadata(), self.node.accounts().map(|a| &**a))
             .and_then(|()| account_from_metadata(request.metadata()))
             .map_err(|e| status_from_ec2(&e, &request_id))?;
-        let (as_of, query) = split(request.into_inner());
-        let point = Point::from_proto(as_of.as_ref(), Point::Seq(u64::MAX));
+        let (as_of, region, query) = split(request.into_inner());
+        self.check_region(&region)?;
+        let point = self.point(as_of.as_ref(), Point::Seq(u64::MAX))?;
         let log = self.node.log();
         let trail = self.node.audit();
         let state = Self::blocking(move || {
@@ -112,8 +148,36 @@ impl AuditService {
 impl Audit for AuditService {
     async fn verify_log(
         &self,
-        _request: Request<VerifyLogRequest>,
+        request: Request<VerifyLogRequest>,
     ) -> Result<Response<VerifyLogResponse>, Status> {
+        self.check_region(&request.get_ref().region)?;
+        // The request log: every call answered so far written, and its head signed (flush),
+        // then its digests read before its chain (as for the state log below).
+        let request_log = match self.node.requests() {
+            Some(recorder) => {
+                recorder.flush().await;
+                let log = recorder.log();
+                let signer = recorder.signer().cloned();
+                let report = Self::blocking(move || {
+                    let (digests, key) = match &signer {
+                        Some(s) => (s.digests()?, Some(s.verifying_key())),
+                        None => (Vec::new(), None),
+                    };
+                    let mut report =
+                        verify_log_of(log.as_ref(), &digests, key.as_ref(), REQUESTS_LOG)?;
+                    if let Some(why) = signer.as_ref().and_then(|s| s.failure()) {
+                        if report.ok {
+                            report.reason =
+                                format!("the log verifies, but signing digests failed: {why}");
+                        }
+                    }
+                    Ok(report)
+                })
+                .await?;
+                Some(report_proto(self.node.region(), &report))
+            }
+            None => None,
+        };
         let log = self.node.log();
         let trail = self.node.audit();
         let region = self.node.region().to_string();
@@ -133,23 +197,20 @@ impl Audit for AuditService {
         })
         .await?;
         tracing::info!(region = %region, ok = report.ok, head_seq = report.head.seq,
-            first_bad_seq = report.first_bad_seq.unwrap_or(0), "log verified");
-        Ok(Response::new(VerifyLogResponse {
-            region,
-            ok: report.ok,
-            head_seq: report.head.seq,
-            head_hash: hex::encode(report.head.hash),
-            first_bad_seq: report.first_bad_seq.unwrap_or(0),
-            reason: report.reason,
-            digests_checked: report.digests_checked,
-            last_digest_seq: report.last_digest_seq,
-        }))
+            first_bad_seq = report.first_bad_seq.unwrap_or(0),
+            request_log_ok = request_log.as_ref().map(|r| r.ok),
+            request_log_first_bad_seq = request_log.as_ref().map_or(0, |r| r.first_bad_seq),
+            "log verified");
+        let mut answer = report_proto(&region, &report);
+        answer.request_log = request_log.map(Box::new);
+        Ok(Response::new(answer))
     }
 
     async fn get_public_key(
         &self,
-        _request: Request<GetPublicKeyRequest>,
+        request: Request<GetPublicKeyRequest>,
     ) -> Result<Response<GetPublicKeyResponse>, Status> {
+        self.check_region(&request.get_ref().region)?;
         let trail = self.node.audit();
         Ok(Response::new(GetPublicKeyResponse {
             region: self.node.region().to_string(),
@@ -158,15 +219,28 @@ impl Audit for AuditService {
                 .map(|s| s.public_key_hex().to_string())
                 .unwrap_or_default(),
             digest_every: trail.signer().map(|s| s.every()).unwrap_or(0),
+            regions: Vec::new(),
         }))
     }
 
     async fn list_digests(
         &self,
-        _request: Request<ListDigestsRequest>,
+        request: Request<ListDigestsRequest>,
     ) -> Result<Response<ListDigestsResponse>, Status> {
-        let trail = self.node.audit();
-        let digests = Self::blocking(move || match trail.signer() {
+        let r = request.into_inner();
+        self.check_region(&r.region)?;
+        let signer = match r.log.trim() {
+            "" => self.node.audit().signer().cloned(),
+            REQUESTS_LOG => self.node.requests().and_then(|rec| rec.signer().cloned()),
+            other => {
+                return Err(coded(
+                    tonic::Code::InvalidArgument,
+                    "InvalidParameterValue",
+                    format!("log must be empty (the state log) or \"requests\", not {other:?}"),
+                ))
+            }
+        };
+        let digests = Self::blocking(move || match signer {
             Some(s) => s.digests(),
             None => Ok(Vec::new()),
         })
@@ -183,8 +257,20 @@ impl Audit for AuditService {
         request: Request<AuditStreamRequest>,
     ) -> Result<Response<Self::StreamEventsStream>, Status> {
         let r = request.into_inner();
+        self.check_region(&r.region)?;
         let filter = EventFilter::new(&r.event_types, &r.resource_id, &r.account_id);
-        let point = Point::from_proto(r.from.as_ref(), Point::Seq(1));
+        let token_start = matches!(
+            r.from.as_ref().and_then(|a| a.point.as_ref()),
+            Some(amisim_proto::as_of::Point::Token(_))
+        );
+        let point = match r.from_seqs.get(self.node.region()) {
+            Some(seq) => Point::Seq(*seq),
+            // A token is a point already seen: the stream starts after it.
+            None => match self.point(r.from.as_ref(), Point::Seq(1))? {
+                Point::Seq(s) if token_start => Point::Seq(s.saturating_add(1)),
+                p => p,
+            },
+        };
         let log = self.node.log();
         let from = {
             let log = log.clone();
@@ -214,6 +300,7 @@ impl Audit for AuditService {
             .read_as_of(request, |r| {
                 (
                     r.as_of,
+                    r.region,
                     Query::DescribeImages(r.request.unwrap_or_default()),
                 )
             })
@@ -223,6 +310,7 @@ impl Audit for AuditService {
                 seq,
                 sim_time_ms,
                 response: Some(response),
+                ..Default::default()
             })),
             _ => Err(Status::internal("as-of read got a foreign answer")),
         }
@@ -236,6 +324,7 @@ impl Audit for AuditService {
             .read_as_of(request, |r| {
                 (
                     r.as_of,
+                    r.region,
                     Query::DescribeSnapshots(r.request.unwrap_or_default()),
                 )
             })
@@ -246,6 +335,7 @@ impl Audit for AuditService {
                     seq,
                     sim_time_ms,
                     response: Some(response),
+                    ..Default::default()
                 }))
             }
             _ => Err(Status::internal("as-of read got a foreign answer")),
@@ -257,6 +347,7 @@ impl Audit for AuditService {
         request: Request<LookupEventsRequest>,
     ) -> Result<Response<LookupEventsResponse>, Status> {
         let r = request.into_inner();
+        self.check_region(&r.region)?;
         let attributes: Vec<(String, String)> = r
             .lookup_attributes
             .into_iter()
@@ -273,20 +364,94 @@ impl Audit for AuditService {
         let Some(recorder) = self.node.requests() else {
             return Err(Status::unavailable("the node records no API calls"));
         };
+        // Retention (EC2_SEMANTICS §9: 90 days of event history): nothing older than the
+        // window before the node's simulated now; an older start is clamped to it.
+        let retention = u64::try_from(recorder.retention().as_millis()).unwrap_or(u64::MAX);
+        let lookup = lookup.with_floor(Some(self.node.now_ms().saturating_sub(retention)));
         // [sim] Delivery is immediate: every call answered before this lookup is visible.
         recorder.flush().await;
         let (requests, state) = (recorder.log(), self.node.log());
         let outcome = tokio::task::spawn_blocking(move || {
-            lookup.run(requests.as_ref(), Some(state.as_ref()))
+            let found = lookup.run(requests.as_ref(), Some(state.as_ref()));
+            found.map(|(records, next)| {
+                let events = records
+                    .iter()
+                    .map(|r| {
+                        let mut e = r.to_proto();
+                        e.position = lookup.token(r);
+                        e
+                    })
+                    .collect::<Vec<_>>();
+                (events, next)
+            })
         })
         .await
         .map_err(|e| Status::internal(format!("audit task failed: {e}")))?;
-        let (records, next_token) = outcome.map_err(lookup_status)?;
+        let (events, next_token) = outcome.map_err(lookup_status)?;
         Ok(Response::new(LookupEventsResponse {
-            events: records.iter().map(|r| r.to_proto()).collect(),
+            events,
             next_token: next_token.unwrap_or_default(),
         }))
     }
+
+    async fn resolve_point(
+        &self,
+        request: Request<ResolvePointRequest>,
+    ) -> Result<Response<ResolvePointResponse>, Status> {
+        let r = request.into_inner();
+        self.check_region(&r.region)?;
+        let unset = r.point.as_ref().and_then(|p| p.point.as_ref()).is_none();
+        let point = self.point(r.point.as_ref(), Point::Seq(u64::MAX))?;
+        let log = self.node.log();
+        let (last_seq, first_seq, head_seq, sim_time_ms) = Self::blocking(move || {
+            let head = log.head().seq;
+            let last = resolve(log.as_ref(), point)?;
+            // Unset: the head, and a stream from it starts after it.
+            let first = if unset {
+                head + 1
+            } else {
+                first_seq_from(log.as_ref(), point)?
+            };
+            let time = match last {
+                0 => 0,
+                s => log.read_range(s, s)?.first().map_or(0, |e| e.sim_time_ms),
+            };
+            Ok((last, first, head, time))
+        })
+        .await?;
+        Ok(Response::new(ResolvePointResponse {
+            region: self.node.region().to_string(),
+            last_seq,
+            first_seq,
+            head_seq,
+            sim_time_ms,
+        }))
+    }
+}
+
+/// A verification report as the protobuf answer.
+fn report_proto(region: &str, report: &VerifyReport) -> VerifyLogResponse {
+    VerifyLogResponse {
+        region: region.to_string(),
+        ok: report.ok,
+        head_seq: report.head.seq,
+        head_hash: hex::encode(report.head.hash),
+        first_bad_seq: report.first_bad_seq.unwrap_or(0),
+        reason: report.reason.clone(),
+        digests_checked: report.digests_checked,
+        last_digest_seq: report.last_digest_seq,
+        ..Default::default()
+    }
+}
+
+/// A status with amisim's error code in `x-amisim-error-code` and the message prefixed by it.
+fn coded(code: tonic::Code, error_code: &'static str, message: String) -> Status {
+    let mut status = Status::new(code, format!("{error_code}: {message}"));
+    status.metadata_mut().insert(
+        crate::ERROR_CODE_KEY,
+        tonic::metadata::AsciiMetadataValue::from_static(error_code),
+    );
+    status
 }
 
 /// A refused lookup: INVALID_ARGUMENT with CloudTrail's code in `x-amisim-error-code`.

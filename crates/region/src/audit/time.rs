@@ -10,14 +10,97 @@ pub enum Point {
 }
 
 impl Point {
-    /// From the protobuf `AsOf` (unset: `default`).
+    /// From the protobuf `AsOf` (unset, or a `token`, which needs a region: `default`; see
+    /// [`Point::from_proto_for`]).
     pub fn from_proto(as_of: Option<&amisim_proto::AsOf>, default: Point) -> Point {
         use amisim_proto::as_of::Point as P;
-        match as_of.and_then(|a| a.point) {
-            Some(P::Seq(s)) => Point::Seq(s),
-            Some(P::SimTimeMs(t)) => Point::SimTime(t),
-            None => default,
+        match as_of.and_then(|a| a.point.as_ref()) {
+            Some(P::Seq(s)) => Point::Seq(*s),
+            Some(P::SimTimeMs(t)) => Point::SimTime(*t),
+            Some(P::Token(_)) | None => default,
         }
+    }
+}
+
+impl Point {
+    /// From the protobuf `AsOf` as a node of `region` reads it: a `token` point is this
+    /// region's seq in it (0 if the token does not name the region). Unset: `default`.
+    pub fn from_proto_for(
+        as_of: Option<&amisim_proto::AsOf>,
+        default: Point,
+        region: &str,
+    ) -> Result<Point, String> {
+        use amisim_proto::as_of::Point as P;
+        match as_of.and_then(|a| a.point.as_ref()) {
+            Some(P::Token(t)) => Ok(Point::Seq(
+                parse_token(t)?
+                    .into_iter()
+                    .find(|(r, _)| r == region)
+                    .map_or(0, |(_, s)| s),
+            )),
+            _ => Ok(Point::from_proto(as_of, default)),
+        }
+    }
+}
+
+/// Parses a consistency-token-shaped point, `us-east-1:12,eu-west-1:7`, into (region, seq)
+/// pairs (a region given twice keeps its larger seq). Blank: no pairs.
+pub fn parse_token(text: &str) -> Result<Vec<(String, u64)>, String> {
+    let mut out: Vec<(String, u64)> = Vec::new();
+    if text.trim().is_empty() {
+        return Ok(out);
+    }
+    for pair in text.split(',') {
+        let pair = pair.trim();
+        let bad = || {
+            format!(
+                "{pair:?} is not region:seq (a point is region:seq pairs separated by commas, \
+                 e.g. us-east-1:12,eu-west-1:7)"
+            )
+        };
+        let (region, seq) = pair.rsplit_once(':').ok_or_else(bad)?;
+        let region = region.trim();
+        let ok_region = !region.is_empty()
+            && region.len() <= 64
+            && region.split('-').all(|p| {
+                !p.is_empty()
+                    && p.bytes()
+                        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
+            });
+        let seq: u64 = seq.trim().parse().map_err(|_| bad())?;
+        if !ok_region {
+            return Err(bad());
+        }
+        match out.iter_mut().find(|(r, _)| r == region) {
+            Some((_, s)) => *s = (*s).max(seq),
+            None => out.push((region.to_string(), seq)),
+        }
+    }
+    Ok(out)
+}
+
+/// Parses a duration such as `90d`, `36h`, `15m`, `30s` or `500ms` (a bare number: seconds).
+pub fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (digits, unit) = s.split_at(split);
+    let n: u64 = digits
+        .parse()
+        .map_err(|_| format!("{s:?} is not a duration like 90d, 36h, 15m, 30s or 500ms"))?;
+    let secs = |k: u64| {
+        n.checked_mul(k)
+            .map(std::time::Duration::from_secs)
+            .ok_or_else(|| format!("{s:?} is too long"))
+    };
+    match unit.trim() {
+        "" | "s" => secs(1),
+        "ms" => Ok(std::time::Duration::from_millis(n)),
+        "m" => secs(60),
+        "h" => secs(3600),
+        "d" => secs(86_400),
+        _ => Err(format!(
+            "{s:?} is not a duration like 90d, 36h, 15m, 30s or 500ms"
+        )),
     }
 }
 
@@ -129,6 +212,38 @@ mod tests {
             parse_iso_ms("2024-05-01T00:00:00.5Z").unwrap(),
             1_714_521_600_500
         );
+    }
+
+    #[test]
+    fn tokens_and_durations() {
+        assert_eq!(
+            parse_token("us-east-1:12, eu-west-1:7,us-east-1:3").unwrap(),
+            [("us-east-1".to_string(), 12), ("eu-west-1".to_string(), 7)]
+        );
+        assert!(parse_token("").unwrap().is_empty());
+        for bad in ["us-east-1", "US:1", "us-east-1:x", ":1"] {
+            assert!(parse_token(bad).is_err(), "{bad}");
+        }
+        let as_of = amisim_proto::AsOf {
+            point: Some(amisim_proto::as_of::Point::Token("eu-west-1:7".into())),
+        };
+        assert_eq!(
+            Point::from_proto_for(Some(&as_of), Point::Seq(1), "eu-west-1"),
+            Ok(Point::Seq(7))
+        );
+        assert_eq!(
+            Point::from_proto_for(Some(&as_of), Point::Seq(1), "us-east-1"),
+            Ok(Point::Seq(0))
+        );
+        use std::time::Duration;
+        assert_eq!(
+            parse_duration("90d").unwrap(),
+            Duration::from_secs(90 * 86_400)
+        );
+        assert_eq!(parse_duration("500ms").unwrap(), Duration::from_millis(500));
+        assert_eq!(parse_duration("30").unwrap(), Duration::from_secs(30));
+        assert!(parse_duration("1y").is_err());
+        assert!(parse_duration("d").is_err());
     }
 
     #[test]

@@ -51,6 +51,17 @@ pub fn verify_log(
     digests: &[DigestRecord],
     key: Option<&VerifyingKey>,
 ) -> Result<VerifyReport, AuditError> {
+    verify_log_of(log, digests, key, "")
+}
+
+/// As [`verify_log`] for the log named `which` ([`DigestRecord::log`]: empty for the state log,
+/// [`super::digest::REQUESTS_LOG`] for the request log): a digest of another log is refused.
+pub fn verify_log_of(
+    log: &dyn EventLog,
+    digests: &[DigestRecord],
+    key: Option<&VerifyingKey>,
+    which: &str,
+) -> Result<VerifyReport, AuditError> {
     let head = match log.verify() {
         Ok(head) => head,
         Err(LogError::Corrupt { seq, reason }) => {
@@ -67,6 +78,13 @@ pub fn verify_log(
     for d in digests {
         let last_seq = prev.map(|p| p.seq).unwrap_or(0);
         let bad = |reason: String| Ok(VerifyReport::bad(d.seq, reason, head, checked, last_seq));
+        if d.log != which {
+            return bad(format!(
+                "the digest for seq {} signs the {:?} log, not this one: digests of two logs \
+                 were mixed",
+                d.seq, d.log
+            ));
+        }
         if let Some(key) = key {
             if let Err(why) = d.check_signature(key) {
                 return bad(format!(

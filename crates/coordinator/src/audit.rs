@@ -1,0 +1,1016 @@
+//! The `amisim.v1.Audit` service on the coordinator (issue 5, ADR 0010): the auditor's view of
+//! every region from the one endpoint a client needs.
+//!
+//! # Layout
+//!
+//! - [`merge`] — [`merge::StreamMerge`], the pure causal merge of several regions' event streams
+//!   (deterministic ties, closed under `depends_on` without `follow`).
+//! - [`filter`] — the stream's server-side filters, applied after the merge.
+//! - [`lookup`] — LookupEvents across regions: pages merged newest first, one `next_token`
+//!   holding every region's position.
+//! - this module — [`CoordinatorAudit`], the gRPC edge.
+//!
+//! # Where the answers come from, and why
+//!
+//! Every answer is built from the region nodes' own `Audit` service, called over the
+//! coordinator's existing channels ([`RegionRoutes::channel`]: the chaos layer applies, as to
+//! every other call the coordinator makes) with the operator credential of the routes
+//! ([`OperatorAuth`], ADR 0009). The coordinator's projection is not used: it holds only the
+//! present, while history (as-of states, checkpoints, the request log, the digests) lives on the
+//! nodes next to their logs. So:
+//!
+//! - **StreamEvents** without `region`: one node stream per region (catch-up, then live), merged
+//!   in causal order by [`merge::StreamMerge`]; a start time becomes each region's start seq
+//!   with the node's `ResolvePoint`, which also gives each region's head (the end of the
+//!   catch-up). With `region`: that node's stream, passed through.
+//! - **DescribeImagesAsOf / DescribeSnapshotsAsOf**: each region's node answers its own as-of
+//!   read (same rules, the caller's `x-amisim-account`, the node's checkpoints); a simulated time
+//!   goes to every region as is (each at its last event at or before it), a `token` point gives
+//!   each region its seq (0 when not named). Explicit ids become an `image-id` / `snapshot-id`
+//!   filter per region, and an id no region shows is `InvalidAMIID.NotFound` /
+//!   `InvalidSnapshot.NotFound` for the whole call, as in the global reads. Several regions are
+//!   answered in one page (ordered by region, then id): `max_results` / `next_token` need a
+//!   `region`.
+//! - **LookupEvents**: every region's page, merged newest first ([`lookup`]).
+//! - **VerifyLog / GetPublicKey / ListDigests**: every region's answer, by region (each node
+//!   signs with its own key; the coordinator adds nothing it could not vouch for).
+//!
+//! A region that cannot be reached fails the call (UNAVAILABLE, `RegionUnavailable`, naming the
+//! region): an audit answer that silently left a region out would be worse than none.
+//!
+//! # Authentication
+//!
+//! As on a node (ADR 0009): with an accounts file, every call needs `authorization: Bearer
+//! <operator token>`, else UNAUTHENTICATED `AuthFailure`. The as-of reads answer as the account
+//! in `x-amisim-account`, which is passed to the nodes with the request id.
+
+pub mod filter;
+pub mod lookup;
+pub mod merge;
+
+use std::collections::BTreeMap;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::Poll;
+use std::time::Duration;
+
+use amisim_core::{Accounts, Ec2Error};
+use amisim_proto::as_of::Point;
+use amisim_proto::audit_client::AuditClient;
+use amisim_proto::audit_server::{Audit, AuditServer};
+use amisim_proto::{
+    AsOf, AuditStreamRequest, DescribeImagesAsOfRequest, DescribeImagesAsOfResponse,
+    DescribeImagesRequest, DescribeImagesResponse, DescribeSnapshotsAsOfRequest,
+    DescribeSnapshotsAsOfResponse, DescribeSnapshotsRequest, DescribeSnapshotsResponse, Event,
+    Filter, GetPublicKeyRequest, GetPublicKeyResponse, ListDigestsRequest, ListDigestsResponse,
+    LookupEventsRequest, LookupEventsResponse, RegionImage, RegionPoint, RegionSnapshot,
+    ResolvePointRequest, ResolvePointResponse, VerifyLogRequest, VerifyLogResponse,
+};
+use futures::Stream;
+use tokio::sync::{mpsc, watch};
+use tonic::metadata::{AsciiMetadataValue, MetadataMap};
+use tonic::service::interceptor::InterceptedService;
+use tonic::{Code, Request, Response, Status};
+
+use crate::gateway::{RegionChannel, RegionRoutes, ERROR_CODE_HEADER, REQUEST_ID_HEADER};
+use crate::operator::OperatorAuth;
+use crate::projection::ConsistencyToken;
+use crate::service::{status_from_ec2, ACCOUNT_HEADER};
+
+use self::filter::EventFilter;
+use self::lookup::{fingerprint, merge_pages, Positions, RegionPage, MAX_RESULTS};
+use self::merge::{Next, StreamMerge};
+
+/// A node's `Audit` client, authenticating as the operator.
+type NodeAudit = AuditClient<InterceptedService<RegionChannel, OperatorAuth>>;
+
+/// Bound on each unary call to a node.
+const CALL_TIMEOUT: Duration = Duration::from_secs(30);
+/// Largest message decoded from or sent to a node or client (as-of answers can be large).
+const MAX_MESSAGE_BYTES: usize = 64 * 1024 * 1024;
+/// Events read ahead per region before the merge takes them.
+const LANE_CAPACITY: usize = 256;
+/// Events queued towards the client.
+const OUT_CAPACITY: usize = 64;
+
+/// The stream type of `StreamEvents`.
+pub type EventStream = Pin<Box<dyn Stream<Item = Result<Event, Status>> + Send>>;
+
+/// The `Audit` service of the coordinator over the routed regions.
+#[derive(Debug, Clone)]
+pub struct CoordinatorAudit {
+    routes: RegionRoutes,
+    accounts: Option<Arc<Accounts>>,
+    closing: Option<watch::Receiver<bool>>,
+}
+
+impl CoordinatorAudit {
+    /// Answers from the nodes of `routes` (with the routes' operator credential).
+    pub fn new(routes: RegionRoutes) -> Self {
+        CoordinatorAudit {
+            routes,
+            accounts: None,
+            closing: None,
+        }
+    }
+
+    /// Only the operator token of `accounts` opens the service (ADR 0009).
+    pub fn with_accounts(mut self, accounts: Arc<Accounts>) -> Self {
+        self.accounts = Some(accounts);
+        self
+    }
+
+    /// Ends every event stream with UNAVAILABLE once `closing` turns true (so a graceful
+    /// shutdown does not wait for followed streams).
+    pub fn with_closing(mut self, closing: watch::Receiver<bool>) -> Self {
+        self.closing = Some(closing);
+        self
+    }
+
+    /// The tonic server wrapper, to `add_service` next to the others.
+    pub fn into_server(self) -> AuditServer<Self> {
+        AuditServer::new(self)
+            .max_decoding_message_size(4 * 1024 * 1024)
+            .max_encoding_message_size(MAX_MESSAGE_BYTES)
+    }
+
+    fn followed(&self) -> Vec<String> {
+        self.routes.regions().map(str::to_string).collect()
+    }
+
+    /// The regions a call reads: `region`, or every followed one when empty.
+    fn select(&self, region: &str, call: &Call) -> Result<Vec<String>, Status> {
+        let followed = self.followed();
+        let region = region.trim();
+        if region.is_empty() {
+            return Ok(followed);
+        }
+        if followed.iter().any(|f| f == region) {
+            return Ok(vec![region.to_string()]);
+        }
+        Err(call.fail(
+            Code::InvalidArgument,
+            "InvalidRegion",
+            format!(
+                "region {region:?} is not followed by this coordinator; it follows: {}",
+                followed.join(", ")
+            ),
+        ))
+    }
+
+    fn client(&self, region: &str, call: &Call) -> Result<NodeAudit, Status> {
+        let channel = self.routes.channel(region).ok_or_else(|| {
+            call.fail(
+                Code::InvalidArgument,
+                "InvalidRegion",
+                format!("region {region:?} is not routed"),
+            )
+        })?;
+        Ok(
+            AuditClient::with_interceptor(channel, self.routes.operator().clone())
+                .max_decoding_message_size(MAX_MESSAGE_BYTES),
+        )
+    }
+
+    /// The caller must be the operator when there is an accounts file.
+    fn authorize(&self, md: &MetadataMap, rpc: &'static str) -> Result<Call, Status> {
+        let call = Call::new(md, rpc);
+        if let Some(accounts) = &self.accounts {
+            let header = md.get("authorization").and_then(|v| v.to_str().ok());
+            if let Err(e) = accounts.authenticate_operator_header(header) {
+                tracing::warn!(rpc, request_id = %call.request_id,
+                    "coordinator Audit call refused: no operator token");
+                return Err(status_from_ec2(&e, &call.request_id));
+            }
+        }
+        Ok(call)
+    }
+
+    /// One unary call to `region`'s node, bounded by [`CALL_TIMEOUT`].
+    async fn unary<T, F, Fut>(&self, region: &str, call: &Call, f: F) -> Result<(String, T), Status>
+    where
+        F: FnOnce(NodeAudit) -> Fut,
+        Fut: std::future::Future<Output = Result<Response<T>, Status>>,
+    {
+        let client = self.client(region, call)?;
+        match tokio::time::timeout(CALL_TIMEOUT, f(client)).await {
+            Ok(Ok(r)) => Ok((region.to_string(), r.into_inner())),
+            Ok(Err(s)) => Err(call.region_failed(region, s)),
+            Err(_) => Err(call.fail(
+                Code::Unavailable,
+                "RegionUnavailable",
+                format!("region {region}: no answer within {CALL_TIMEOUT:?}"),
+            )),
+        }
+    }
+
+    /// The same call to every region of `regions`, concurrently; the first failure fails all.
+    async fn fan_out<T, F, Fut>(
+        &self,
+        regions: &[String],
+        call: &Call,
+        f: F,
+    ) -> Result<Vec<(String, T)>, Status>
+    where
+        F: Fn(String, NodeAudit) -> Fut,
+        Fut: std::future::Future<Output = Result<Response<T>, Status>>,
+    {
+        let calls = regions.iter().map(|r| {
+            let region = r.clone();
+            self.unary(r, call, |c| f(region, c))
+        });
+        futures::future::join_all(calls).await.into_iter().collect()
+    }
+
+    /// The point each region reads an as-of request at.
+    fn as_of_points(
+        &self,
+        as_of: Option<&AsOf>,
+        regions: &[String],
+        named: bool,
+        call: &Call,
+    ) -> Result<Vec<(String, Option<AsOf>)>, Status> {
+        let seq = |s: u64| {
+            Some(AsOf {
+                point: Some(Point::Seq(s)),
+            })
+        };
+        match as_of.and_then(|a| a.point.as_ref()) {
+            Some(Point::Seq(_)) if !named && regions.len() > 1 => Err(call.fail(
+                Code::InvalidArgument,
+                "InvalidParameterValue",
+                "a seq is a point in one region's log: name the region, or give a simulated \
+                 time or a token (region:seq,...)"
+                    .into(),
+            )),
+            Some(Point::Token(text)) => {
+                let token = self.token(text, call)?;
+                Ok(regions
+                    .iter()
+                    .map(|r| (r.clone(), seq(token.get(r))))
+                    .collect())
+            }
+            _ => Ok(regions
+                .iter()
+                .map(|r| (r.clone(), as_of.cloned()))
+                .collect()),
+        }
+    }
+
+    /// Parses a token point; every region it names must be followed.
+    fn token(&self, text: &str, call: &Call) -> Result<ConsistencyToken, Status> {
+        let token = ConsistencyToken::parse(text).map_err(|e| {
+            call.fail(
+                Code::InvalidArgument,
+                "InvalidConsistencyToken",
+                e.to_string(),
+            )
+        })?;
+        let followed = self.followed();
+        if let Some((r, _)) = token.iter().find(|(r, _)| !followed.iter().any(|f| f == r)) {
+            return Err(call.fail(
+                Code::InvalidArgument,
+                "InvalidRegion",
+                format!(
+                    "the point names region {r:?}, which this coordinator does not follow; it \
+                     follows: {}",
+                    followed.join(", ")
+                ),
+            ));
+        }
+        Ok(token)
+    }
+
+    /// Each region's start seq and head for a merged stream.
+    async fn lanes(
+        &self,
+        r: &AuditStreamRequest,
+        regions: &[String],
+        call: &Call,
+    ) -> Result<Vec<(String, u64, u64)>, Status> {
+        let from = r.from.as_ref().and_then(|a| a.point.as_ref());
+        let token =
+            match from {
+                Some(Point::Token(t)) => Some(self.token(t, call)?),
+                Some(Point::Seq(_)) => return Err(call.fail(
+                    Code::InvalidArgument,
+                    "InvalidParameterValue",
+                    "a seq is a point in one region's log: name the region, or use from_seqs, a \
+                     simulated time or a token (region:seq,...)"
+                        .into(),
+                )),
+                _ => None,
+            };
+        let followed = self.followed();
+        if let Some(r) = r.from_seqs.keys().find(|r| !followed.contains(r)) {
+            return Err(call.fail(
+                Code::InvalidArgument,
+                "InvalidRegion",
+                format!("from_seqs names region {r:?}, which this coordinator does not follow"),
+            ));
+        }
+        let resolved = self
+            .fan_out(regions, call, |region, mut c| {
+                let point = match (r.from_seqs.get(&region), &token, from) {
+                    (Some(s), _, _) => Point::Seq(*s),
+                    (None, Some(t), _) => Point::Seq(t.get(&region).saturating_add(1)),
+                    (None, None, Some(Point::SimTimeMs(t))) => Point::SimTimeMs(*t),
+                    _ => Point::Seq(1),
+                };
+                let req = call.forward(ResolvePointRequest {
+                    point: Some(AsOf { point: Some(point) }),
+                    region,
+                });
+                async move { c.resolve_point(req).await }
+            })
+            .await?;
+        Ok(resolved
+            .into_iter()
+            .map(|(region, p)| (region, p.first_seq, p.head_seq))
+            .collect())
+    }
+
+    /// Opens the merged stream of `regions` and runs the merge in a task.
+    async fn merged(
+        &self,
+        r: AuditStreamRequest,
+        regions: Vec<String>,
+        call: Call,
+    ) -> Result<EventStream, Status> {
+        let lanes = self.lanes(&r, &regions, &call).await?;
+        let filter = EventFilter::new(&r.event_types, &r.resource_id, &r.account_id);
+        let mut receivers: Vec<(String, mpsc::Receiver<Result<Event, Status>>)> = Vec::new();
+        for (region, start, _) in &lanes {
+            let mut client = self.client(region, &call)?;
+            let req = call.forward(AuditStreamRequest {
+                from: Some(AsOf {
+                    point: Some(Point::Seq(*start)),
+                }),
+                // The merge decides where a stream without `follow` ends.
+                follow: true,
+                region: region.clone(),
+                ..Default::default()
+            });
+            let opened = tokio::time::timeout(CALL_TIMEOUT, client.stream_events(req)).await;
+            let mut stream = match opened {
+                Ok(Ok(s)) => s.into_inner(),
+                Ok(Err(s)) => return Err(call.region_failed(region, s)),
+                Err(_) => {
+                    return Err(call.fail(
+                        Code::Unavailable,
+                        "RegionUnavailable",
+                        format!("region {region}: the event stream did not open"),
+                    ))
+                }
+            };
+            let (tx, rx) = mpsc::channel(LANE_CAPACITY);
+            let name = region.clone();
+            tokio::spawn(async move {
+                loop {
+                    let item = match stream.message().await {
+                        Ok(Some(e)) => Ok(e),
+                        Ok(None) => Err(Status::unavailable(format!(
+                            "region {name} ended its event stream"
+                        ))),
+                        Err(s) => Err(s),
+                    };
+                    let last = item.is_err();
+                    if tx.send(item).await.is_err() || last {
+                        return;
+                    }
+                }
+            });
+            receivers.push((region.clone(), rx));
+        }
+        tracing::info!(rpc = "StreamEvents", request_id = %call.request_id,
+            regions = %regions.join(","), follow = r.follow, filtered = !filter.is_empty(),
+            "merged audit event stream opened");
+        let merge = StreamMerge::new(lanes, r.follow);
+        let (out, rx) = mpsc::channel(OUT_CAPACITY);
+        let closing = self.closing.clone();
+        tokio::spawn(run_merge(merge, receivers, filter, out, closing));
+        Ok(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx)))
+    }
+
+    /// One region's stream, passed through (ended with UNAVAILABLE when the coordinator closes).
+    async fn single(
+        &self,
+        mut r: AuditStreamRequest,
+        region: String,
+        call: Call,
+    ) -> Result<EventStream, Status> {
+        r.region = region.clone();
+        let mut client = self.client(&region, &call)?;
+        let mut stream = match client.stream_events(call.forward(r)).await {
+            Ok(s) => s.into_inner(),
+            Err(s) => return Err(call.region_failed(&region, s)),
+        };
+        let (out, rx) = mpsc::channel(OUT_CAPACITY);
+        let mut closing = self.closing.clone();
+        tokio::spawn(async move {
+            loop {
+                let item = tokio::select! {
+                    m = stream.message() => m,
+                    () = closed(&mut closing) => {
+                        let resume = format!("resume {region} from the seq after the last event received");
+                        let _ = out.send(Err(shutting_down(&resume))).await;
+                        return;
+                    }
+                    () = out.closed() => return,
+                };
+                let item = match item {
+                    Ok(Some(e)) => Ok(e),
+                    Ok(None) => return,
+                    Err(s) => Err(s),
+                };
+                let last = item.is_err();
+                if out.send(item).await.is_err() || last {
+                    return;
+                }
+            }
+        });
+        Ok(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx)))
+    }
+}
+
+/// Resolves when `closing` turns true (never without one).
+async fn closed(closing: &mut Option<watch::Receiver<bool>>) {
+    match closing {
+        Some(c) => {
+            if c.wait_for(|v| *v).await.is_err() {
+                std::future::pending::<()>().await;
+            }
+        }
+        None => std::future::pending::<()>().await,
+    }
+}
+
+fn shutting_down(resume: &str) -> Status {
+    Status::unavailable(format!(
+        "the coordinator is shutting down; {resume} (AuditStreamRequest.from_seqs)"
+    ))
+}
+
+/// The merge loop: take events from the regions the merge wants, emit what is ready.
+async fn run_merge(
+    mut merge: StreamMerge,
+    mut lanes: Vec<(String, mpsc::Receiver<Result<Event, Status>>)>,
+    filter: EventFilter,
+    out: mpsc::Sender<Result<Event, Status>>,
+    mut closing: Option<watch::Receiver<bool>>,
+) {
+    let resume = |m: &StreamMerge| {
+        let seqs: Vec<String> = m
+            .regions()
+            .map(|r| format!("{r}:{}", m.resume_seq(r)))
+            .collect();
+        format!("resume with from_seqs {}", seqs.join(","))
+    };
+    let mut turn = 0usize;
+    loop {
+        match merge.step() {
+            Next::Emit(e) => {
+                if filter.matches(&e) && out.send(Ok(*e)).await.is_err() {
+                    return;
+                }
+                continue;
+            }
+            Next::Done => return,
+            Next::NeedInput => {}
+        }
+        let wanted: Vec<bool> = lanes.iter().map(|(r, _)| merge.wants(r)).collect();
+        if !wanted.iter().any(|w| *w) {
+            tracing::error!("merged audit stream stalled: no region can deliver what is needed");
+            let _ = out
+                .send(Err(Status::internal(
+                    "the merged event stream stalled (a dependency cannot be delivered)",
+                )))
+                .await;
+            return;
+        }
+        turn = turn.wrapping_add(1);
+        let n = lanes.len();
+        let next = std::future::poll_fn(|cx| {
+            for k in 0..n {
+                let i = (turn + k) % n;
+                if !wanted[i] {
+                    continue;
+                }
+                if let Poll::Ready(v) = lanes[i].1.poll_recv(cx) {
+                    return Poll::Ready((i, v));
+                }
+            }
+            Poll::Pending
+        });
+        let (i, item) = tokio::select! {
+            got = next => got,
+            () = closed(&mut closing) => {
+                let _ = out.send(Err(shutting_down(&resume(&merge)))).await;
+                return;
+            }
+            () = out.closed() => return,
+        };
+        let region = lanes[i].0.clone();
+        match item {
+            Some(Ok(event)) => {
+                if let Err(e) = merge.offer(&region, event) {
+                    tracing::error!(region = %region, error = %e, "merged audit stream refused an event");
+                    let _ = out
+                        .send(Err(Status::internal(format!("region {region}: {e}"))))
+                        .await;
+                    return;
+                }
+            }
+            Some(Err(s)) => {
+                tracing::info!(region = %region, error = %s.message(), "a region's audit stream failed");
+                let _ = out
+                    .send(Err(Status::unavailable(format!(
+                        "region {region}: {}; {}",
+                        s.message(),
+                        resume(&merge)
+                    ))))
+                    .await;
+                return;
+            }
+            None => {
+                let _ = out
+                    .send(Err(Status::unavailable(format!(
+                        "region {region}: the event stream ended; {}",
+                        resume(&merge)
+                    ))))
+                    .await;
+                return;
+            }
+        }
+    }
+}
+
+/// What one call carries: its request id, the metadata passed on to the nodes, its name.
+struct Call {
+    request_id: String,
+    account: Option<AsciiMetadataValue>,
+    rpc: &'static str,
+}
+
+impl Call {
+    fn new(md: &MetadataMap, rpc: &'static str) -> Self {
+        let request_id = md
+            .get(REQUEST_ID_HEADER)
+            .and_then(|v| v.to_str().ok())
+            .filter(|s| !s.is_empty() && s.len() <= 128 && s.bytes().all(|b| b.is_ascii_graphic()))
+            .map(str::to_string)
+            .unwrap_or_else(|| amisim_core::ids::generate_uuid(&mut rand::rng()));
+        Call {
+            request_id,
+            account: md.get(ACCOUNT_HEADER).cloned(),
+            rpc,
+        }
+    }
+
+    /// A request to a node carrying the caller's account and the request id.
+    fn forward<T>(&self, msg: T) -> Request<T> {
+        let mut r = Request::new(msg);
+        if let Some(a) = &self.account {
+            r.metadata_mut().insert(ACCOUNT_HEADER, a.clone());
+        }
+        if let Ok(v) = AsciiMetadataValue::try_from(self.request_id.as_str()) {
+            r.metadata_mut().insert(REQUEST_ID_HEADER, v);
+        }
+        r
+    }
+
+    fn fail(&self, code: Code, error_code: &'static str, message: String) -> Status {
+        tracing::debug!(rpc = self.rpc, code = error_code, error = %message, "audit call failed");
+        let mut status = Status::new(code, format!("{error_code}: {message}"));
+        let md = status.metadata_mut();
+        md.insert(
+            ERROR_CODE_HEADER,
+            AsciiMetadataValue::from_static(error_code),
+        );
+        if let Ok(v) = AsciiMetadataValue::try_from(self.request_id.as_str()) {
+            md.insert(REQUEST_ID_HEADER, v);
+        }
+        status
+    }
+
+    fn ec2(&self, e: &Ec2Error) -> Status {
+        status_from_ec2(e, &self.request_id)
+    }
+
+    /// A node's refusal (it carries its own error code) is passed on; a transport failure
+    /// becomes UNAVAILABLE `RegionUnavailable` naming the region.
+    fn region_failed(&self, region: &str, s: Status) -> Status {
+        if s.metadata().get(ERROR_CODE_HEADER).is_some() || s.code() == Code::InvalidArgument {
+            return s;
+        }
+        tracing::warn!(rpc = self.rpc, region, error = %s.message(), "region audit call failed");
+        self.fail(
+            Code::Unavailable,
+            "RegionUnavailable",
+            format!("region {region}: {} ({:?})", s.message(), s.code()),
+        )
+    }
+
+    fn respond<T>(&self, body: T) -> Response<T> {
+        let mut r = Response::new(body);
+        if let Ok(v) = AsciiMetadataValue::try_from(self.request_id.as_str()) {
+            r.metadata_mut().insert(REQUEST_ID_HEADER, v);
+        }
+        r
+    }
+}
+
+/// `max_results` / `next_token` page one region only.
+fn check_paging(
+    max_results: Option<i32>,
+    next_token: &str,
+    regions: usize,
+    call: &Call,
+) -> Result<(), Status> {
+    if regions > 1 && (max_results.is_some() || !next_token.is_empty()) {
+        return Err(call.fail(
+            Code::InvalidArgument,
+            "InvalidParameterCombination",
+            "max_results and next_token page one region's as-of read: name the region (a \
+             read over several regions answers in one page)"
+                .into(),
+        ));
+    }
+    Ok(())
+}
+
+/// The explicit ids of a read over several regions, as a filter each region can answer.
+fn ids_as_filter(ids: &mut Vec<String>, filters: &mut Vec<Filter>, name: &str) -> Vec<String> {
+    let ids = std::mem::take(ids);
+    if !ids.is_empty() {
+        filters.push(Filter {
+            name: name.to_string(),
+            values: ids.clone(),
+        });
+    }
+    ids
+}
+
+/// The ids of `wanted` (each once, in order) not in `found`.
+fn missing<'a>(wanted: &'a [String], found: &[&str]) -> Vec<&'a str> {
+    let mut out: Vec<&str> = Vec::new();
+    for id in wanted {
+        if !found.contains(&id.as_str()) && !out.contains(&id.as_str()) {
+            out.push(id);
+        }
+    }
+    out
+}
+
+#[tonic::async_trait]
+impl Audit for CoordinatorAudit {
+    async fn verify_log(
+        &self,
+        request: Request<VerifyLogRequest>,
+    ) -> Result<Response<VerifyLogResponse>, Status> {
+        let call = self.authorize(request.metadata(), "VerifyLog")?;
+        let named = request.get_ref().region.clone();
+        let regions = self.select(&named, &call)?;
+        let answers = self
+            .fan_out(&regions, &call, |region, mut c| {
+                let req = call.forward(VerifyLogRequest { region });
+                async move { c.verify_log(req).await }
+            })
+            .await?;
+        if !named.trim().is_empty() {
+            let a = answers.into_iter().next().map(|(_, a)| a);
+            return Ok(call.respond(a.unwrap_or_default()));
+        }
+        let ok = answers
+            .iter()
+            .all(|(_, a)| a.ok && a.request_log.as_ref().is_none_or(|r| r.ok));
+        tracing::info!(ok, regions = answers.len(), "logs verified (all regions)");
+        Ok(call.respond(VerifyLogResponse {
+            ok,
+            regions: answers.into_iter().map(|(_, a)| a).collect(),
+            ..Default::default()
+        }))
+    }
+
+    async fn get_public_key(
+        &self,
+        request: Request<GetPublicKeyRequest>,
+    ) -> Result<Response<GetPublicKeyResponse>, Status> {
+        let call = self.authorize(request.metadata(), "GetPublicKey")?;
+        let named = request.get_ref().region.clone();
+        let regions = self.select(&named, &call)?;
+        let answers = self
+            .fan_out(&regions, &call, |region, mut c| {
+                let req = call.forward(GetPublicKeyRequest { region });
+                async move { c.get_public_key(req).await }
+            })
+            .await?;
+        if !named.trim().is_empty() {
+            let a = answers.into_iter().next().map(|(_, a)| a);
+            return Ok(call.respond(a.unwrap_or_default()));
+        }
+        Ok(call.respond(GetPublicKeyResponse {
+            regions: answers.into_iter().map(|(_, a)| a).collect(),
+            ..Default::default()
+        }))
+    }
+
+    async fn list_digests(
+        &self,
+        request: Request<ListDigestsRequest>,
+    ) -> Result<Response<ListDigestsResponse>, Status> {
+        let call = self.authorize(request.metadata(), "ListDigests")?;
+        let r = request.into_inner();
+        let regions = self.select(&r.region, &call)?;
+        let answers = self
+            .fan_out(&regions, &call, |region, mut c| {
+                let req = call.forward(ListDigestsRequest {
+                    region,
+                    log: r.log.clone(),
+                });
+                async move { c.list_digests(req).await }
+            })
+            .await?;
+        Ok(call.respond(ListDigestsResponse {
+            digests: answers.into_iter().flat_map(|(_, a)| a.digests).collect(),
+        }))
+    }
+
+    type StreamEventsStream = EventStream;
+
+    async fn stream_events(
+        &self,
+        request: Request<AuditStreamRequest>,
+    ) -> Result<Response<Self::StreamEventsStream>, Status> {
+        let call = self.authorize(request.metadata(), "StreamEvents")?;
+        let r = request.into_inner();
+        let named = !r.region.trim().is_empty();
+        let mut regions = self.select(&r.region, &call)?;
+        let stream = if named {
+            let region = regions.pop().unwrap_or_default();
+            self.single(r, region, call).await?
+        } else {
+            self.merged(r, regions, call).await?
+        };
+        Ok(Response::new(stream))
+    }
+
+    async fn describe_images_as_of(
+        &self,
+        request: Request<DescribeImagesAsOfRequest>,
+    ) -> Result<Response<DescribeImagesAsOfResponse>, Status> {
+        let call = self.authorize(request.metadata(), "DescribeImagesAsOf")?;
+        let r = request.into_inner();
+        let named = !r.region.trim().is_empty();
+        let regions = self.select(&r.region, &call)?;
+        let mut describe: DescribeImagesRequest = r.request.unwrap_or_default();
+        check_paging(
+            describe.max_results,
+            &describe.next_token,
+            regions.len(),
+            &call,
+        )?;
+        let points = self.as_of_points(r.as_of.as_ref(), &regions, named, &call)?;
+        let wanted = if regions.len() > 1 {
+            ids_as_filter(&mut describe.image_ids, &mut describe.filters, "image-id")
+        } else {
+            Vec::new()
+        };
+        let points: BTreeMap<String, Option<AsOf>> = points.into_iter().collect();
+        let answers = self
+            .fan_out(&regions, &call, |region, mut c| {
+                let req = call.forward(DescribeImagesAsOfRequest {
+                    as_of: points.get(&region).cloned().flatten(),
+                    request: Some(describe.clone()),
+                    region,
+                });
+                async move { c.describe_images_as_of(req).await }
+            })
+            .await?;
+        let mut images: Vec<RegionImage> = Vec::new();
+        let mut out = DescribeImagesAsOfResponse::default();
+        for (region, a) in answers {
+            out.regions.push(RegionPoint {
+                region: region.clone(),
+                seq: a.seq,
+                sim_time_ms: a.sim_time_ms,
+            });
+            let response = a.response.unwrap_or_default();
+            if regions.len() == 1 {
+                out.seq = a.seq;
+                out.sim_time_ms = a.sim_time_ms;
+                out.response = Some(DescribeImagesResponse {
+                    images: Vec::new(),
+                    next_token: response.next_token.clone(),
+                });
+            }
+            images.extend(response.images.into_iter().map(|image| RegionImage {
+                region: region.clone(),
+                image: Some(image),
+            }));
+        }
+        let found: Vec<&str> = images
+            .iter()
+            .filter_map(|i| i.image.as_ref().map(|i| i.image_id.as_str()))
+            .collect();
+        let absent = missing(&wanted, &found);
+        if !absent.is_empty() {
+            return Err(call.ec2(&Ec2Error::image_not_found(&absent)));
+        }
+        images.sort_by(|a, b| {
+            let id = |i: &RegionImage| i.image.as_ref().map(|i| i.image_id.clone());
+            (&a.region, id(a)).cmp(&(&b.region, id(b)))
+        });
+        let mut response = out.response.take().unwrap_or_default();
+        response.images = images.iter().filter_map(|i| i.image.clone()).collect();
+        out.response = Some(response);
+        out.images = images;
+        Ok(call.respond(out))
+    }
+
+    async fn describe_snapshots_as_of(
+        &self,
+        request: Request<DescribeSnapshotsAsOfRequest>,
+    ) -> Result<Response<DescribeSnapshotsAsOfResponse>, Status> {
+        let call = self.authorize(request.metadata(), "DescribeSnapshotsAsOf")?;
+        let r = request.into_inner();
+        let named = !r.region.trim().is_empty();
+        let regions = self.select(&r.region, &call)?;
+        let mut describe: DescribeSnapshotsRequest = r.request.unwrap_or_default();
+        check_paging(
+            describe.max_results,
+            &describe.next_token,
+            regions.len(),
+            &call,
+        )?;
+        let points = self.as_of_points(r.as_of.as_ref(), &regions, named, &call)?;
+        let wanted = if regions.len() > 1 {
+            ids_as_filter(
+                &mut describe.snapshot_ids,
+                &mut describe.filters,
+                "snapshot-id",
+            )
+        } else {
+            Vec::new()
+        };
+        let points: BTreeMap<String, Option<AsOf>> = points.into_iter().collect();
+        let answers = self
+            .fan_out(&regions, &call, |region, mut c| {
+                let req = call.forward(DescribeSnapshotsAsOfRequest {
+                    as_of: points.get(&region).cloned().flatten(),
+                    request: Some(describe.clone()),
+                    region,
+                });
+                async move { c.describe_snapshots_as_of(req).await }
+            })
+            .await?;
+        let mut snapshots: Vec<RegionSnapshot> = Vec::new();
+        let mut out = DescribeSnapshotsAsOfResponse::default();
+        for (region, a) in answers {
+            out.regions.push(RegionPoint {
+                region: region.clone(),
+                seq: a.seq,
+                sim_time_ms: a.sim_time_ms,
+            });
+            let response = a.response.unwrap_or_default();
+            if regions.len() == 1 {
+                out.seq = a.seq;
+                out.sim_time_ms = a.sim_time_ms;
+                out.response = Some(DescribeSnapshotsResponse {
+                    snapshots: Vec::new(),
+                    next_token: response.next_token.clone(),
+                });
+            }
+            snapshots.extend(response.snapshots.into_iter().map(|s| RegionSnapshot {
+                region: region.clone(),
+                snapshot: Some(s),
+            }));
+        }
+        let found: Vec<&str> = snapshots
+            .iter()
+            .filter_map(|s| s.snapshot.as_ref().map(|s| s.snapshot_id.as_str()))
+            .collect();
+        let absent = missing(&wanted, &found);
+        if !absent.is_empty() {
+            return Err(call.ec2(&Ec2Error::snapshot_not_found(&absent.join(", "))));
+        }
+        snapshots.sort_by(|a, b| {
+            let id = |s: &RegionSnapshot| s.snapshot.as_ref().map(|s| s.snapshot_id.clone());
+            (&a.region, id(a)).cmp(&(&b.region, id(b)))
+        });
+        let mut response = out.response.take().unwrap_or_default();
+        response.snapshots = snapshots
+            .iter()
+            .filter_map(|s| s.snapshot.clone())
+            .collect();
+        out.response = Some(response);
+        out.snapshots = snapshots;
+        Ok(call.respond(out))
+    }
+
+    async fn lookup_events(
+        &self,
+        request: Request<LookupEventsRequest>,
+    ) -> Result<Response<LookupEventsResponse>, Status> {
+        let call = self.authorize(request.metadata(), "LookupEvents")?;
+        let r = request.into_inner();
+        if !r.region.trim().is_empty() {
+            let regions = self.select(&r.region, &call)?;
+            let region = regions.into_iter().next().unwrap_or_default();
+            let (_, answer) = self
+                .unary(&region, &call, |mut c| {
+                    let req = call.forward(r.clone());
+                    async move { c.lookup_events(req).await }
+                })
+                .await?;
+            return Ok(call.respond(answer));
+        }
+        let max = match r.max_results {
+            0 => MAX_RESULTS,
+            n if n <= MAX_RESULTS => n,
+            n => {
+                return Err(call.fail(
+                    Code::InvalidArgument,
+                    "InvalidMaxResultsException",
+                    format!("max results must be 1 to {MAX_RESULTS}, got {n}"),
+                ))
+            }
+        };
+        let attributes: Vec<(String, String)> = r
+            .lookup_attributes
+            .iter()
+            .map(|a| (a.attribute_key.clone(), a.attribute_value.clone()))
+            .collect();
+        let fp = fingerprint(&attributes, r.start_time_ms, r.end_time_ms);
+        let followed = self.followed();
+        let mut positions = if r.next_token.is_empty() {
+            Positions::fresh(fp, &followed)
+        } else {
+            Positions::parse(&r.next_token, fp, &followed).map_err(|e| {
+                call.fail(
+                    Code::InvalidArgument,
+                    "InvalidNextTokenException",
+                    e.to_string(),
+                )
+            })?
+        };
+        let regions: Vec<String> = positions.regions.keys().cloned().collect();
+        let answers = self
+            .fan_out(&regions, &call, |region, mut c| {
+                let req = call.forward(LookupEventsRequest {
+                    max_results: max,
+                    next_token: positions
+                        .regions
+                        .get(&region)
+                        .cloned()
+                        .flatten()
+                        .unwrap_or_default(),
+                    region,
+                    ..r.clone()
+                });
+                async move { c.lookup_events(req).await }
+            })
+            .await?;
+        let pages: BTreeMap<String, RegionPage> = answers
+            .into_iter()
+            .map(|(region, a)| {
+                (
+                    region,
+                    RegionPage {
+                        events: a.events,
+                        next_token: a.next_token,
+                    },
+                )
+            })
+            .collect();
+        let events = merge_pages(pages, max as usize, &mut positions);
+        Ok(call.respond(LookupEventsResponse {
+            events,
+            next_token: positions.token(),
+        }))
+    }
+
+    async fn resolve_point(
+        &self,
+        request: Request<ResolvePointRequest>,
+    ) -> Result<Response<ResolvePointResponse>, Status> {
+        let call = self.authorize(request.metadata(), "ResolvePoint")?;
+        let r = request.into_inner();
+        if r.region.trim().is_empty() {
+            return Err(call.fail(
+                Code::InvalidArgument,
+                "MissingParameter",
+                "ResolvePoint on the coordinator needs a region".into(),
+            ));
+        }
+        let regions = self.select(&r.region, &call)?;
+        let region = regions.into_iter().next().unwrap_or_default();
+        let (_, answer) = self
+            .unary(&region, &call, |mut c| {
+                let req = call.forward(r.clone());
+                async move { c.resolve_point(req).await }
+            })
+            .await?;
+        Ok(call.respond(answer))
+    }
+}
