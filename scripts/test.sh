@@ -4,8 +4,10 @@
 #   2. every Rust test: unit, integration and the end-to-end tests in tests/ (cargo-nextest if
 #      installed, else cargo test), then doctests;
 #   3. the Python client tests (tests/clients/python/run.sh: venv, stubs, pytest).
+# Beside the build, scripts/ensure-chromium.sh installs Debian's chromium if it can, for the
+# test that screenshots an experiment report.
 # Every stage runs even if an earlier one failed; the exit status is non-zero if any failed.
-# Needs network only for crates.io and PyPI, and only on the first run.
+# Needs network only for crates.io, PyPI and Debian's packages, and only on the first run.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
@@ -20,8 +22,15 @@ stage() {
   fi
 }
 
+chromium_log=$(mktemp)
+scripts/ensure-chromium.sh >"$chromium_log" 2>&1 &
+chromium_job=$!
+
 echo "==> cargo build --workspace"
 cargo build --workspace
+wait "$chromium_job" || true
+cat "$chromium_log"
+rm -f "$chromium_log"
 
 if cargo nextest --version >/dev/null 2>&1; then
   # scripts/nextest.toml: a hung test is killed after 3 minutes.

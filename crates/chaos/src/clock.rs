@@ -6,6 +6,8 @@
 //!   simulated minute per wall second). Made so a restarted node never goes back in time.
 //! - [`VirtualClock`]: time moves only when [`VirtualClock::advance`] says so; with a seeded RNG,
 //!   an experiment is then exactly reproducible.
+//! - [`SkewedClock`]: one node's view of a shared clock, plus a skew (node faults: per-region
+//!   clock skew) and a freeze (a paused node's timers stand still). Never goes backwards.
 //!
 //! Times are milliseconds since the Unix epoch in simulated time, like every `*_ms` field of the
 //! event log.
@@ -189,6 +191,167 @@ impl Clock for VirtualClock {
     }
 }
 
+/// A node's own view of a shared base clock: `base + skew`, never going backwards, and able to
+/// stand still while the node is paused (per-region clock skew and pause, issue 6).
+///
+/// - **Skew** ([`SkewedClock::set_skew_ms`]) is simulated ms added to the base reading; it can
+///   change while the node runs. A positive skew puts the node ahead at once (timers due in the
+///   skipped span fire). A **negative** skew does not move the node back: its readings stand
+///   still until `base + skew` catches up with the latest reading it already gave, then follow
+///   `base + skew` again (the node's events keep increasing `sim_time_ms`; timers due in the
+///   held span wait for the base to catch up). Readings are `u64`: `base + skew` stops at 0 and
+///   `u64::MAX`.
+/// - **Frozen** ([`SkewedClock::freeze`]): readings stand at the instant of the freeze and no
+///   timer comes due; [`SkewedClock::thaw`] returns to `base + skew`, which has moved on
+///   meanwhile (as a process resumed after SIGSTOP finds the time later).
+///
+/// Waiters are woken ([`Clock::changes`]) when the base is moved by hand, and when the skew or
+/// the freeze changes. It is a [`VirtualClock`] for [`Clock::as_virtual`] if its base is one:
+/// moving it by hand moves the shared base. Cloning shares the skew and the freeze.
+#[derive(Clone)]
+pub struct SkewedClock {
+    base: std::sync::Arc<dyn Clock>,
+    inner: std::sync::Arc<SkewInner>,
+}
+
+#[derive(Debug)]
+struct SkewInner {
+    skew_ms: std::sync::atomic::AtomicI64,
+    /// The latest reading given: readings never go below it.
+    floor_ms: std::sync::atomic::AtomicU64,
+    frozen: std::sync::atomic::AtomicBool,
+    /// Bumped on every skew/freeze change and every move of the base by hand.
+    changes: watch::Sender<u64>,
+}
+
+impl SkewInner {
+    fn bump(&self) {
+        self.changes.send_modify(|v| *v = v.wrapping_add(1));
+    }
+}
+
+impl SkewedClock {
+    /// `base` with no skew, running. Inside a tokio runtime it forwards the base's own changes
+    /// (a virtual clock moved by hand) to its waiters; outside one, only its own.
+    pub fn new(base: std::sync::Arc<dyn Clock>) -> Self {
+        let (changes, _) = watch::channel(0);
+        let inner = std::sync::Arc::new(SkewInner {
+            skew_ms: std::sync::atomic::AtomicI64::new(0),
+            floor_ms: std::sync::atomic::AtomicU64::new(0),
+            frozen: std::sync::atomic::AtomicBool::new(false),
+            changes,
+        });
+        if let (Some(mut rx), Ok(rt)) = (base.changes(), tokio::runtime::Handle::try_current()) {
+            let weak = std::sync::Arc::downgrade(&inner);
+            rt.spawn(async move {
+                while rx.changed().await.is_ok() {
+                    match weak.upgrade() {
+                        Some(inner) => inner.bump(),
+                        None => return,
+                    }
+                }
+            });
+        }
+        SkewedClock { base, inner }
+    }
+
+    /// The skew now, simulated ms.
+    pub fn skew_ms(&self) -> i64 {
+        self.inner.skew_ms.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Sets the skew (see the type's docs for a negative one) and wakes the waiters.
+    pub fn set_skew_ms(&self, skew_ms: i64) {
+        self.inner
+            .skew_ms
+            .store(skew_ms, std::sync::atomic::Ordering::SeqCst);
+        self.inner.bump();
+    }
+
+    /// Stops the clock at its current reading until [`SkewedClock::thaw`].
+    pub fn freeze(&self) {
+        // Read first, so the floor holds the frozen instant.
+        let _ = self.now_ms();
+        self.inner
+            .frozen
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+        self.inner.bump();
+    }
+
+    /// Lets the clock follow its base again.
+    pub fn thaw(&self) {
+        self.inner
+            .frozen
+            .store(false, std::sync::atomic::Ordering::SeqCst);
+        self.inner.bump();
+    }
+
+    /// True while frozen.
+    pub fn is_frozen(&self) -> bool {
+        self.inner.frozen.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// The clock this one skews.
+    pub fn base(&self) -> &std::sync::Arc<dyn Clock> {
+        &self.base
+    }
+
+    /// `base + skew`, saturating at 0 and `u64::MAX`.
+    fn skewed(&self, base_ms: u64) -> u64 {
+        let v = i128::from(base_ms) + i128::from(self.skew_ms());
+        v.clamp(0, i128::from(u64::MAX)) as u64
+    }
+}
+
+impl fmt::Debug for SkewedClock {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SkewedClock")
+            .field("base", &self.base)
+            .field("skew_ms", &self.skew_ms())
+            .field("frozen", &self.is_frozen())
+            .finish()
+    }
+}
+
+impl Clock for SkewedClock {
+    fn now_ms(&self) -> u64 {
+        use std::sync::atomic::Ordering;
+        if self.is_frozen() {
+            return self.inner.floor_ms.load(Ordering::SeqCst);
+        }
+        let v = self.skewed(self.base.now_ms());
+        let prev = self.inner.floor_ms.fetch_max(v, Ordering::SeqCst);
+        prev.max(v)
+    }
+
+    fn wall_ms_until(&self, sim_ms: u64) -> Duration {
+        if self.is_frozen() {
+            return if sim_ms <= self.now_ms() {
+                Duration::ZERO
+            } else {
+                Duration::MAX
+            };
+        }
+        if sim_ms <= self.now_ms() {
+            return Duration::ZERO;
+        }
+        // The base instant at which `base + skew` reaches `sim_ms`.
+        let base_target = i128::from(sim_ms) - i128::from(self.skew_ms());
+        let base_target = base_target.clamp(0, i128::from(u64::MAX)) as u64;
+        self.base
+            .wall_ms_until(base_target)
+            .max(Duration::from_micros(1))
+    }
+
+    fn changes(&self) -> Option<watch::Receiver<u64>> {
+        Some(self.inner.changes.subscribe())
+    }
+
+    fn as_virtual(&self) -> Option<&VirtualClock> {
+        self.base.as_virtual()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -274,5 +437,52 @@ mod tests {
     #[test]
     fn scaled_clocks_do_not_notify() {
         assert!(ScaledClock::new(60.0, 0).changes().is_none());
+    }
+
+    #[test]
+    fn a_skewed_clock_reads_base_plus_skew_and_never_goes_back() {
+        let base = VirtualClock::new(T0);
+        let c = SkewedClock::new(std::sync::Arc::new(base.clone()));
+        let mut changes = c.changes().expect("a skewed clock notifies");
+        assert_eq!(c.now_ms(), T0);
+        c.set_skew_ms(5_000);
+        assert!(changes.has_changed().unwrap_or(false));
+        changes.borrow_and_update();
+        assert_eq!(c.now_ms(), T0 + 5_000);
+        assert_eq!(c.wall_ms_until(T0 + 5_000), Duration::ZERO);
+        assert_eq!(c.wall_ms_until(T0 + 5_001), Duration::MAX);
+        base.advance(1_000);
+        assert_eq!(c.now_ms(), T0 + 6_000);
+        // Back to a negative skew: the reading holds until base - 2 s passes it.
+        c.set_skew_ms(-2_000);
+        assert_eq!(c.now_ms(), T0 + 6_000);
+        base.advance(7_000); // base T0 + 8 s: base - 2 s = T0 + 6 s
+        assert_eq!(c.now_ms(), T0 + 6_000);
+        base.advance(1_000);
+        assert_eq!(c.now_ms(), T0 + 7_000);
+        assert_eq!(c.skew_ms(), -2_000);
+        // Moving it by hand moves the shared base.
+        c.as_virtual().expect("virtual base").advance(1_000);
+        assert_eq!(base.now_ms(), T0 + 10_000);
+        assert_eq!(c.now_ms(), T0 + 8_000);
+    }
+
+    #[test]
+    fn a_frozen_clock_stands_still_and_thaws_to_where_the_base_is() {
+        let base = VirtualClock::new(T0);
+        let c = SkewedClock::new(std::sync::Arc::new(base.clone()));
+        c.freeze();
+        base.advance(10_000);
+        assert_eq!(c.now_ms(), T0);
+        assert_eq!(c.wall_ms_until(T0 + 1), Duration::MAX);
+        c.thaw();
+        assert_eq!(c.now_ms(), T0 + 10_000);
+
+        let scaled = SkewedClock::new(std::sync::Arc::new(ScaledClock::new(1000.0, 0)));
+        scaled.set_skew_ms(3_600_000);
+        assert!(scaled.now_ms() >= wall_now_ms() + 3_600_000);
+        let target = scaled.now_ms() + 2_000;
+        std::thread::sleep(scaled.wall_ms_until(target));
+        assert!(scaled.now_ms() >= target);
     }
 }

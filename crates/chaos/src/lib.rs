@@ -2,7 +2,8 @@
 //! STYLE.md 9): the simulated [`clock`]; the [`link`] model between regions (latency
 //! distributions, jitter, bandwidth, loss, partitions, timeouts, slow close), changed live
 //! through a [`control::LinkControl`] and applied to the coordinator's channels by the tower
-//! [`layer`]. Node faults and the experiment runner come later, each in its own module.
+//! [`layer`]; the [`nodes`] faults (kill, pause, restart, clock skew through a [`SkewedClock`])
+//! that a cluster implements and the `Chaos` service and the experiment runner use.
 //!
 //! Why a crate of its own: region nodes and the coordinator must read time only through a
 //! [`Clock`], so the same code runs against wall time sped up (`scaled`) or against time that
@@ -13,8 +14,10 @@ pub mod clock;
 pub mod control;
 pub mod layer;
 pub mod link;
+pub mod nodes;
 
-pub use clock::{wall_now_ms, Clock, ScaledClock, VirtualClock};
+pub use clock::{wall_now_ms, Clock, ScaledClock, SkewedClock, VirtualClock};
 pub use control::LinkControl;
 pub use layer::{ChaosLayer, ChaosService};
 pub use link::{seeded_rng, Distribution, LinkError, LinkModel, LinkSpec, LinkTable, COORDINATOR};
+pub use nodes::{NodeFaultError, NodeFaults, NodeInfo, NodeKind, NodeState};

@@ -9,6 +9,7 @@
 //! | `replay` | [`replay`] | verify a region's log and fold it offline: head, digest, resources |
 //! | `audit` | [`audit`], [`trail`] | verify a region's log (hash chain and signed digests), export its public key; look up and export its CloudTrail-shaped records |
 //! | `bench` | [`bench`] | load generator: operation mix, latency percentiles, ratio to bare gRPC |
+//! | `chaos` | [`chaos`] | the chaos laboratory: link faults, node faults (kill, pause, restart, clock skew) and the clock of a running coordinator |
 //!
 //! Conventions every subcommand keeps, so scripts and tests can drive it:
 //! - **stdout** carries only the few facts a caller needs, one per line (`... listening on
@@ -23,6 +24,8 @@
 mod accounts;
 mod audit;
 mod bench;
+mod chaos;
+mod chaos_run;
 mod coordinator;
 mod copies;
 mod dev;
@@ -61,12 +64,17 @@ enum Command {
     Replay(replay::ReplayArgs),
     Audit(audit::AuditArgs),
     Bench(bench::BenchArgs),
+    Chaos(chaos::ChaosArgs),
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let default_level = match cli.command {
-        Command::Replay(_) | Command::Audit(_) | Command::Copies(_) | Command::Bench(_) => "warn",
+        Command::Replay(_)
+        | Command::Audit(_)
+        | Command::Copies(_)
+        | Command::Bench(_)
+        | Command::Chaos(_) => "warn",
         _ => "info",
     };
     logging::init(cli.log_format, default_level);
@@ -87,11 +95,13 @@ fn main() -> ExitCode {
             Command::Dev(args) => {
                 audit::set_digest_every(args.sim.digest_every);
                 audit::set_record_reads(args.sim.record_reads);
+                amisim_region::audit::set_default_retention(args.sim.trail_retention);
                 dev::run(args).await
             }
             Command::Region(args) => {
                 audit::set_digest_every(args.sim.digest_every);
                 audit::set_record_reads(args.sim.record_reads);
+                amisim_region::audit::set_default_retention(args.sim.trail_retention);
                 region::run(args).await
             }
             Command::Coordinator(args) => coordinator::run(args).await,
@@ -99,6 +109,7 @@ fn main() -> ExitCode {
             Command::Replay(args) => replay::run(args),
             Command::Audit(args) => audit::run(args).await,
             Command::Bench(args) => bench::run(args).await,
+            Command::Chaos(args) => chaos::run(args).await,
         }
     });
     // Do not wait for detached blocking work (sled's flusher, ...) longer than needed.

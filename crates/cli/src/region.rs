@@ -3,8 +3,8 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use amisim_log::{EventLog, SledLog, SledOptions};
-use amisim_region::{RegionConfig, RegionNode};
+use amisim_lab::cluster::{start_region_node, RegionOptions};
+use amisim_region::RegionNode;
 use anyhow::Context;
 
 use crate::shutdown::{os_signal, Shutdown};
@@ -77,12 +77,44 @@ pub struct SimArgs {
           action = clap::ArgAction::Set)]
     pub record_reads: bool,
 
+    /// How far back `Audit.LookupEvents` shows request records, in simulated time before the
+    /// node's clock (CloudTrail's event history keeps 90 days): e.g. `90d`, `36h`, `15m`. Older
+    /// records stay in DATA/requests (export and verify see them all).
+    #[arg(long, env = "AMISIM_TRAIL_RETENTION", default_value = "90d", value_name = "DURATION",
+          value_parser = amisim_region::audit::parse_duration)]
+    pub trail_retention: std::time::Duration,
+
+    /// sled's page cache for each region's event log, in MiB: a bound on the memory the log
+    /// takes (the projection is separate, about 1 KiB per image).
+    #[arg(long, env = "AMISIM_SLED_CACHE_MB", value_name = "MIB",
+          default_value_t = amisim_region::StorageConfig::default().sled_cache_mb,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub sled_cache_mb: u64,
+
+    /// Write a projection checkpoint (DATA/checkpoints) every N events, and at a clean
+    /// shutdown; a restart loads the newest valid one and folds only the log after it.
+    /// 0: only at shutdown.
+    #[arg(long, env = "AMISIM_CHECKPOINT_EVERY", value_name = "N",
+          default_value_t = amisim_region::StorageConfig::default().checkpoint_every)]
+    pub checkpoint_every: u64,
+
     /// `scaled`: simulated time flows --time-scale times faster than wall time. `virtual`: it
     /// moves only when told (the coordinator's `Chaos.AdvanceClock` / `AdvanceToNextTimer`), so
     /// a run replays exactly from its seeds; it starts at the last logged event, or at
     /// 2024-01-01T00:00:00Z on an empty log.
     #[arg(long, env = "AMISIM_CLOCK", value_enum, default_value_t = ClockKind::Scaled)]
     pub clock: ClockKind,
+}
+
+impl SimArgs {
+    /// The nodes' storage settings (checkpoint directory: each node's DATA/checkpoints).
+    pub fn storage(&self) -> amisim_region::StorageConfig {
+        amisim_region::StorageConfig {
+            sled_cache_mb: self.sled_cache_mb,
+            checkpoint_every: self.checkpoint_every,
+            checkpoint_dir: None,
+        }
+    }
 }
 
 /// Which clock the nodes run on (DESIGN.md §5).
@@ -114,11 +146,23 @@ pub fn start_node(
     known_regions: &[String],
     accounts: Option<Arc<amisim_core::Accounts>>,
 ) -> anyhow::Result<Arc<RegionNode>> {
-    start_node_on(name, dir, time_scale, seed, known_regions, accounts, None)
+    let storage = amisim_region::StorageConfig::default();
+    start_node_on(
+        name,
+        dir,
+        time_scale,
+        seed,
+        known_regions,
+        accounts,
+        None,
+        storage,
+    )
 }
 
 /// As [`start_node`]; with `virtual_clock`, the node runs on it (moved forward to the node's
-/// last logged event) instead of a scaled clock. Nodes of one process may share one.
+/// last logged event) instead of a scaled clock. The opening itself (log, signed digests,
+/// request log) is the lab's, which reopens the same directories after a node fault.
+#[allow(clippy::too_many_arguments)]
 pub fn start_node_on(
     name: &str,
     dir: &Path,
@@ -127,62 +171,19 @@ pub fn start_node_on(
     known_regions: &[String],
     accounts: Option<Arc<amisim_core::Accounts>>,
     virtual_clock: Option<amisim_chaos::VirtualClock>,
+    storage: amisim_region::StorageConfig,
 ) -> anyhow::Result<Arc<RegionNode>> {
-    std::fs::create_dir_all(dir)
-        .with_context(|| format!("cannot create the data directory {}", dir.display()))?;
-    let log = SledLog::open(dir, SledOptions::default()).with_context(|| {
-        format!(
-            "cannot open the event log of {name} at {} (is another amisim using it?)",
-            dir.display()
-        )
-    })?;
-    let log: Arc<dyn EventLog> = Arc::new(log);
-    // Signed digests every --digest-every events (audit: a truncated tail is detectable).
-    let (log, audit_trail) =
-        amisim_region::audit::open_signed(dir, name, crate::audit::digest_every(), log)
-            .with_context(|| format!("cannot open the audit signing key of {name}"))?;
-    let mut cfg = RegionConfig {
-        region: name.to_string(),
-        time_scale,
+    let opts = RegionOptions {
+        storage,
+        known_regions: known_regions.to_vec(),
         seed,
+        time_scale,
         accounts,
-        ..RegionConfig::default()
+        digest_every: crate::audit::digest_every(),
+        record_reads: crate::audit::record_reads(),
+        ..RegionOptions::new(name, dir)
     };
-    let mut known: Vec<String> = known_regions
-        .iter()
-        .map(|r| r.trim().to_string())
-        .filter(|r| !r.is_empty())
-        .collect();
-    if !known.iter().any(|r| r == name) {
-        known.push(name.to_string());
-    }
-    cfg.core.known_regions = known;
-    // The request log (ADR 0007): CloudTrail-shaped records of every API call, beside the
-    // state log, never in it.
-    let requests_dir = dir.join(amisim_region::audit::REQUESTS_DIR);
-    let requests = SledLog::open(&requests_dir, SledOptions::default()).with_context(|| {
-        format!(
-            "cannot open the request log of {name} at {}",
-            requests_dir.display()
-        )
-    })?;
-    let node = match virtual_clock {
-        None => RegionNode::start(cfg, log),
-        Some(clock) => RegionNode::start_with_clock(cfg, log, move |last_sim_ms| {
-            clock.set(last_sim_ms);
-            Arc::new(clock) as Arc<dyn amisim_chaos::Clock>
-        }),
-    }
-    .with_context(|| format!("cannot start region {name}"))?;
-    node.attach_audit(audit_trail);
-    let recorder = amisim_region::audit::RequestRecorder::start(
-        name,
-        Arc::new(requests),
-        crate::audit::record_reads(),
-    )
-    .with_context(|| format!("cannot start the request recorder of {name}"))?;
-    node.attach_requests(recorder);
-    Ok(node)
+    start_region_node(&opts, virtual_clock).with_context(|| format!("cannot start region {name}"))
 }
 
 pub async fn run(args: RegionArgs) -> anyhow::Result<()> {
@@ -198,6 +199,7 @@ pub async fn run(args: RegionArgs) -> anyhow::Result<()> {
         accounts.clone(),
         (args.sim.clock == ClockKind::Virtual)
             .then(|| amisim_chaos::VirtualClock::new(VIRTUAL_EPOCH_MS)),
+        args.sim.storage(),
     )?;
     println!(
         "amisim region {}: {}",

@@ -13,18 +13,35 @@
 //!   name) through the internal step `RecordLinkCondition`; a change that cannot be recorded is
 //!   not applied (UNAVAILABLE), so the audit trail never misses a condition.
 //!
+//! - Nodes: `ListNodes`, `KillNode`, `PauseNode`, `ResumeNode`, `RestartNode`, `SetClockSkew`
+//!   act through the [`NodeFaults`] of the cluster the coordinator runs in
+//!   ([`ChaosControl::with_faults`]: `amisim dev`, `amisim chaos run`); without one they answer
+//!   FAILED_PRECONDITION. The implementation records each fault in the audit trail (so faults
+//!   the experiment runner injects directly are recorded too). Killing or restarting the
+//!   coordinator through itself answers first and acts [`SELF_FAULT_DELAY`] later, so the answer
+//!   gets out; a kill of itself needs a `down_for_ms` (nothing else could restart it). With node
+//!   faults, the clock calls skip nodes that are paused or down (they would not answer) and
+//!   compute their targets on the unskewed clock (a node's reading less its skew), so a skewed
+//!   node does not drag every clock forward.
+//!
 //! With an accounts file, every call needs `authorization: Bearer <operator token>` (the same
 //! credential the nodes' internal services take, ADR 0009).
 
-use amisim_chaos::{Distribution, LinkControl, LinkModel, LinkSpec};
+use std::sync::Arc;
+
+use amisim_chaos::{
+    Distribution, LinkControl, LinkModel, LinkSpec, NodeFaultError, NodeFaults, NodeKind, NodeState,
+};
 use amisim_proto::chaos_server::{Chaos, ChaosServer};
 use amisim_proto::latency_distribution::Kind;
 use amisim_proto::{
     AdvanceClockRequest, AdvanceToNextTimerRequest, ClearLinkRequest, ClearLinkResponse,
-    ClockResponse, GetClockRequest, GetRegionInfoRequest, LatencyDistribution, Link,
-    LinkConditionChanged, ListLinksRequest, ListLinksResponse, NormalLatency, ParetoLatency,
-    RecordLinkCondition, RegionAdvanceClockRequest, RegionClock, ResetLinksRequest, SagaStep,
-    SetLinkRequest, SetLinkResponse, UniformLatency,
+    ClockResponse, GetClockRequest, GetRegionInfoRequest, KillNodeRequest, LatencyDistribution,
+    Link, LinkConditionChanged, ListLinksRequest, ListLinksResponse, ListNodesRequest,
+    ListNodesResponse, NodeResponse, NormalLatency, ParetoLatency, PauseNodeRequest,
+    RecordLinkCondition, RegionAdvanceClockRequest, RegionClock, ResetLinksRequest,
+    RestartNodeRequest, ResumeNodeRequest, SagaStep, SetClockSkewRequest, SetLinkRequest,
+    SetLinkResponse, UniformLatency,
 };
 use tonic::{Request, Response, Status};
 
@@ -32,6 +49,9 @@ use crate::gateway::RegionRoutes;
 
 /// How long one node may take to answer a clock call.
 const CLOCK_CALL_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// How long after answering a kill or restart of the coordinator itself the fault is applied.
+pub const SELF_FAULT_DELAY: std::time::Duration = std::time::Duration::from_millis(200);
 
 /// The Chaos service of one coordinator.
 #[derive(Debug, Clone)]
@@ -41,6 +61,8 @@ pub struct ChaosControl {
     /// `Some`: calls must carry this bearer token (`Some("")`: an accounts file without an
     /// operator token — every call is refused).
     token: Option<String>,
+    /// The node faults of the cluster this coordinator runs in.
+    faults: Option<Arc<dyn NodeFaults>>,
 }
 
 impl ChaosControl {
@@ -50,7 +72,53 @@ impl ChaosControl {
             routes,
             links,
             token: None,
+            faults: None,
         }
+    }
+
+    /// Serves the `*Node` RPCs through `faults`.
+    pub fn with_faults(mut self, faults: Arc<dyn NodeFaults>) -> Self {
+        self.faults = Some(faults);
+        self
+    }
+
+    fn faults(&self) -> Result<&Arc<dyn NodeFaults>, Status> {
+        self.faults.as_ref().ok_or_else(|| {
+            Status::failed_precondition(
+                "node faults need a coordinator that runs its nodes: `amisim dev` or \
+                 `amisim chaos run` (a stand-alone `amisim coordinator` cannot reach into the \
+                 processes of its region nodes)",
+            )
+        })
+    }
+
+    /// The regions the clock calls reach, each with its clock skew: every routed region, less
+    /// those the cluster reports paused or down (they would not answer).
+    fn clock_regions(&self) -> Vec<(String, i64)> {
+        let nodes = self.faults.as_ref().map(|f| f.nodes()).unwrap_or_default();
+        self.routes
+            .regions()
+            .filter_map(|r| match nodes.iter().find(|n| n.name == r) {
+                Some(n) if n.state != NodeState::Running => None,
+                Some(n) => Some((r.to_string(), n.clock_skew_ms)),
+                None => Some((r.to_string(), 0)),
+            })
+            .collect()
+    }
+
+    /// A node as the wire shows it (`NOT_FOUND` if unknown).
+    fn node_info(&self, name: &str) -> Result<amisim_proto::NodeInfo, Status> {
+        let nodes = self.faults()?.nodes();
+        nodes
+            .iter()
+            .find(|n| n.name == name)
+            .map(node_to_pb)
+            .ok_or_else(|| {
+                fault_status(NodeFaultError::UnknownNode {
+                    node: name.to_string(),
+                    known: amisim_chaos::nodes::known_names(&nodes),
+                })
+            })
     }
 
     /// Requires the accounts file's operator token on every call.
@@ -86,7 +154,8 @@ impl ChaosControl {
     /// Every node's clock (GetRegionInfo over the raw channels).
     async fn clocks(&self) -> Result<Vec<RegionClock>, Status> {
         let mut out = Vec::new();
-        for region in self.routes.regions() {
+        for (region, _) in self.clock_regions() {
+            let region = region.as_str();
             let mut client = self.direct_client(region)?;
             let info = tokio::time::timeout(
                 CLOCK_CALL_TIMEOUT,
@@ -109,7 +178,8 @@ impl ChaosControl {
     /// Moves every node's clock to `to_ms` (never backwards).
     async fn set_all(&self, to_ms: u64) -> Result<Vec<RegionClock>, Status> {
         let mut out = Vec::new();
-        for region in self.routes.regions() {
+        for (region, _) in self.clock_regions() {
+            let region = region.as_str();
             let mut client = self.direct_client(region)?;
             let info = tokio::time::timeout(
                 CLOCK_CALL_TIMEOUT,
@@ -197,6 +267,67 @@ impl ChaosControl {
                 .collect(),
             seed: self.links.seed(),
         }
+    }
+}
+
+impl ChaosControl {
+    /// The latest reading of the (unskewed) shared clock among `clocks`.
+    fn latest_base(&self, clocks: &[RegionClock]) -> u64 {
+        let skews = self.clock_regions();
+        clocks
+            .iter()
+            .map(|c| unskew(c.now_ms, skew_of(&skews, &c.region)))
+            .max()
+            .unwrap_or(0)
+    }
+}
+
+fn skew_of(skews: &[(String, i64)], region: &str) -> i64 {
+    skews
+        .iter()
+        .find(|(r, _)| r == region)
+        .map_or(0, |(_, s)| *s)
+}
+
+/// A skewed reading back on the shared clock (saturating).
+fn unskew(ms: u64, skew: i64) -> u64 {
+    (i128::from(ms) - i128::from(skew)).clamp(0, i128::from(u64::MAX)) as u64
+}
+
+/// The wire form of a node.
+fn node_to_pb(n: &amisim_chaos::NodeInfo) -> amisim_proto::NodeInfo {
+    amisim_proto::NodeInfo {
+        name: n.name.clone(),
+        kind: n.kind.as_str().to_string(),
+        state: n.state.as_str().to_string(),
+        url: n.url.clone(),
+        clock_skew_ms: n.clock_skew_ms,
+        restarts: n.restarts,
+        pid: n.pid.unwrap_or(0),
+    }
+}
+
+/// A refused or failed node fault as a status.
+fn fault_status(e: NodeFaultError) -> Status {
+    let message = e.to_string();
+    match e {
+        NodeFaultError::UnknownNode { .. } => Status::not_found(message),
+        NodeFaultError::WrongState { .. } => Status::failed_precondition(message),
+        NodeFaultError::Invalid(_) => Status::invalid_argument(message),
+        NodeFaultError::Unsupported(_) => Status::unimplemented(message),
+        NodeFaultError::Failed { .. } => Status::unavailable(message),
+    }
+}
+
+/// A node name from a request: required.
+fn node_name(name: &str) -> Result<&str, Status> {
+    let name = name.trim();
+    if name.is_empty() {
+        Err(Status::invalid_argument(
+            "node is required: a region name or `coordinator`",
+        ))
+    } else {
+        Ok(name)
     }
 }
 
@@ -320,7 +451,7 @@ impl Chaos for ChaosControl {
                 c.region
             )));
         }
-        let latest = clocks.iter().map(|c| c.now_ms).max().unwrap_or(0);
+        let latest = self.latest_base(&clocks);
         let to = latest.saturating_add(ms);
         tracing::info!(target: "amisim::chaos", by_ms = ms, to_ms = to, "advancing every clock");
         Ok(Response::new(ClockResponse {
@@ -350,12 +481,14 @@ impl Chaos for ChaosControl {
                 c.region
             )));
         }
+        // On the unskewed clock: a region skewed +S has its timer due S earlier.
+        let skews = self.clock_regions();
         let next = clocks
             .iter()
             .filter(|c| c.next_due_ms > 0)
-            .map(|c| c.next_due_ms)
+            .map(|c| unskew(c.next_due_ms, skew_of(&skews, &c.region)))
             .min();
-        let latest = clocks.iter().map(|c| c.now_ms).max().unwrap_or(0);
+        let latest = self.latest_base(&clocks);
         match next {
             // Nothing pending, or already due (its timer is firing): nothing to move.
             None => Ok(Response::new(ClockResponse { regions: clocks })),
@@ -423,11 +556,171 @@ impl Chaos for ChaosControl {
         tracing::info!(target: "amisim::chaos", "links reset to the start");
         Ok(Response::new(self.list()))
     }
+
+    async fn list_nodes(
+        &self,
+        request: Request<ListNodesRequest>,
+    ) -> Result<Response<ListNodesResponse>, Status> {
+        self.check(&request)?;
+        Ok(Response::new(ListNodesResponse {
+            nodes: self.faults()?.nodes().iter().map(node_to_pb).collect(),
+        }))
+    }
+
+    async fn kill_node(
+        &self,
+        request: Request<KillNodeRequest>,
+    ) -> Result<Response<NodeResponse>, Status> {
+        self.check(&request)?;
+        let r = request.into_inner();
+        let name = node_name(&r.node)?;
+        let faults = self.faults()?.clone();
+        let info = self.node_info(name)?;
+        let down_for = (r.down_for_ms > 0).then(|| std::time::Duration::from_millis(r.down_for_ms));
+        if info.kind == NodeKind::Coordinator.as_str() {
+            let Some(down_for) = down_for else {
+                return Err(Status::invalid_argument(
+                    "killing the coordinator through its own Chaos service needs down_for_ms > 0: \
+                     nothing else could restart it",
+                ));
+            };
+            tracing::warn!(target: "amisim::chaos", down_for_ms = r.down_for_ms, "killing the coordinator (this one) after answering");
+            tokio::spawn(async move {
+                tokio::time::sleep(SELF_FAULT_DELAY).await;
+                if let Err(e) = faults.kill(amisim_chaos::COORDINATOR, Some(down_for)).await {
+                    tracing::error!(target: "amisim::chaos", error = %e, "killing the coordinator failed");
+                }
+            });
+            return Ok(Response::new(NodeResponse { node: Some(info) }));
+        }
+        faults.kill(name, down_for).await.map_err(fault_status)?;
+        tracing::info!(target: "amisim::chaos", node = name, down_for_ms = r.down_for_ms, "node killed");
+        Ok(Response::new(NodeResponse {
+            node: Some(self.node_info(name)?),
+        }))
+    }
+
+    async fn pause_node(
+        &self,
+        request: Request<PauseNodeRequest>,
+    ) -> Result<Response<NodeResponse>, Status> {
+        self.check(&request)?;
+        let r = request.into_inner();
+        let name = node_name(&r.node)?;
+        let faults = self.faults()?;
+        if self.node_info(name)?.kind == NodeKind::Coordinator.as_str() {
+            // It would hold this very answer, and every later call, ResumeNode included.
+            return Err(Status::failed_precondition(
+                "pausing the coordinator through its own Chaos service would hold every later \
+                 call, ResumeNode included: pause it from the experiment runner's fault timeline",
+            ));
+        }
+        faults.pause(name).await.map_err(fault_status)?;
+        tracing::info!(target: "amisim::chaos", node = name, "node paused");
+        Ok(Response::new(NodeResponse {
+            node: Some(self.node_info(name)?),
+        }))
+    }
+
+    async fn resume_node(
+        &self,
+        request: Request<ResumeNodeRequest>,
+    ) -> Result<Response<NodeResponse>, Status> {
+        self.check(&request)?;
+        let r = request.into_inner();
+        let name = node_name(&r.node)?;
+        self.faults()?.resume(name).await.map_err(fault_status)?;
+        tracing::info!(target: "amisim::chaos", node = name, "node resumed");
+        Ok(Response::new(NodeResponse {
+            node: Some(self.node_info(name)?),
+        }))
+    }
+
+    async fn restart_node(
+        &self,
+        request: Request<RestartNodeRequest>,
+    ) -> Result<Response<NodeResponse>, Status> {
+        self.check(&request)?;
+        let r = request.into_inner();
+        let name = node_name(&r.node)?;
+        let faults = self.faults()?.clone();
+        let info = self.node_info(name)?;
+        if info.kind == NodeKind::Coordinator.as_str() {
+            tracing::warn!(target: "amisim::chaos", "restarting the coordinator (this one) after answering");
+            tokio::spawn(async move {
+                tokio::time::sleep(SELF_FAULT_DELAY).await;
+                if let Err(e) = faults.restart(amisim_chaos::COORDINATOR).await {
+                    tracing::error!(target: "amisim::chaos", error = %e, "restarting the coordinator failed");
+                }
+            });
+            return Ok(Response::new(NodeResponse { node: Some(info) }));
+        }
+        faults.restart(name).await.map_err(fault_status)?;
+        tracing::info!(target: "amisim::chaos", node = name, "node restarted");
+        Ok(Response::new(NodeResponse {
+            node: Some(self.node_info(name)?),
+        }))
+    }
+
+    async fn set_clock_skew(
+        &self,
+        request: Request<SetClockSkewRequest>,
+    ) -> Result<Response<NodeResponse>, Status> {
+        self.check(&request)?;
+        let r = request.into_inner();
+        let name = node_name(&r.region)?;
+        self.faults()?
+            .set_clock_skew(name, r.skew_ms)
+            .await
+            .map_err(fault_status)?;
+        tracing::info!(target: "amisim::chaos", region = name, skew_ms = r.skew_ms, "clock skew set");
+        Ok(Response::new(NodeResponse {
+            node: Some(self.node_info(name)?),
+        }))
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn without_a_cluster_node_faults_are_refused_with_the_way_to_get_them() {
+        let chaos = ChaosControl::new(
+            RegionRoutes::new(),
+            LinkControl::new(amisim_chaos::LinkTable::default(), 0),
+        );
+        let e = chaos
+            .list_nodes(Request::new(ListNodesRequest {}))
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), tonic::Code::FailedPrecondition);
+        assert!(e.message().contains("amisim dev"), "{}", e.message());
+        let e = chaos
+            .kill_node(Request::new(KillNodeRequest {
+                node: "us-east-1".into(),
+                down_for_ms: 0,
+            }))
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), tonic::Code::FailedPrecondition);
+        let e = chaos
+            .pause_node(Request::new(PauseNodeRequest { node: " ".into() }))
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), tonic::Code::InvalidArgument);
+    }
+
+    #[test]
+    fn skewed_readings_go_back_to_the_shared_clock() {
+        assert_eq!(unskew(10_000, 5_000), 5_000);
+        assert_eq!(unskew(10_000, -5_000), 15_000);
+        assert_eq!(unskew(1, 5_000), 0);
+        assert_eq!(
+            fault_status(NodeFaultError::Unsupported("x".into())).code(),
+            tonic::Code::Unimplemented
+        );
+    }
 
     #[test]
     fn links_round_trip_the_wire_and_bad_ones_are_refused() {

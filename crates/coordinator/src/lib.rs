@@ -26,11 +26,14 @@
 //!   internal `Region` service when there is an accounts file (ADR 0009);
 //! - [`saga`]: the copy saga driver — watches the projection and drives every CopyImage /
 //!   CopySnapshot through its idempotent steps on the source and destination nodes;
+//! - [`audit`]: the `amisim.v1.Audit` service over every region (merged causal event streams,
+//!   global as-of reads, LookupEvents across regions, per-region verification; ADR 0010);
 //! - [`chaos`]: the `amisim.v1.Chaos` service — clock control of the nodes and the live link
 //!   table, whose faults the chaos layer applies to every channel above (ADR 0008);
 //! - [`server`]: [`run_coordinator`], everything above wired on one listener, as
 //!   `amisim coordinator` and `amisim dev` run it.
 
+pub mod audit;
 pub mod chaos;
 pub mod follower;
 pub mod gateway;
@@ -40,6 +43,7 @@ pub mod saga;
 pub mod server;
 pub mod service;
 
+pub use audit::CoordinatorAudit;
 pub use chaos::ChaosControl;
 pub use follower::{FollowerConfig, FollowerMonitor, FollowerSet, FollowerStatus};
 pub use gateway::{serve_gateway, Gateway, GatewayError, KmsGateway, RegionRoutes};

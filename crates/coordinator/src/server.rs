@@ -36,6 +36,14 @@ pub struct CoordinatorConfig {
     /// coordinator's own calls to the nodes (followers, saga steps, ListCopies' clock probe)
     /// send its `[operator]` token, which the nodes' `Region` service requires (ADR 0009).
     pub accounts: Option<std::sync::Arc<amisim_core::Accounts>>,
+    /// The node faults of the cluster this coordinator runs in (default none): the `Chaos`
+    /// service's `*Node` RPCs act through it. A stand-alone coordinator has none and refuses
+    /// them (it cannot reach into the processes of its nodes).
+    pub faults: Option<std::sync::Arc<dyn amisim_chaos::NodeFaults>>,
+    /// The live link table to use instead of a new one made from `links` (default none). A
+    /// cluster that restarts its coordinator passes the same one each time: the network's
+    /// conditions are not the coordinator's state and survive its crash.
+    pub link_control: Option<amisim_chaos::LinkControl>,
 }
 
 impl Default for CoordinatorConfig {
@@ -46,6 +54,8 @@ impl Default for CoordinatorConfig {
             links: LinkTable::default(),
             drive_sagas: true,
             accounts: None,
+            faults: None,
+            link_control: None,
         }
     }
 }
@@ -93,7 +103,10 @@ pub async fn run_coordinator(
     // The live link table (ADR 0008): the saga driver times transfers with it, the chaos layer
     // applies its coordinator↔region links to every channel, the `Chaos` service changes it.
     // Its draws replay from the saga seed (the run's seed).
-    let links = amisim_chaos::LinkControl::new(config.links.clone(), config.sagas.seed);
+    let links = match &config.link_control {
+        Some(l) => l.clone(),
+        None => amisim_chaos::LinkControl::new(config.links.clone(), config.sagas.seed),
+    };
     let routes = routes.with_chaos(links.clone());
     let followers = FollowerSet::follow_routes(&routes, config.followers)?;
     let projection = followers.projection();
@@ -109,10 +122,19 @@ pub async fn run_coordinator(
     if let Some(a) = &config.accounts {
         chaos = chaos.with_accounts(a);
     }
+    if let Some(f) = &config.faults {
+        chaos = chaos.with_faults(f.clone());
+    }
     tracing::info!(
         seed = links.seed(),
         "link seed (chaos draws replay from it)"
     );
+    // The `Audit` service over every region (ADR 0010); its streams end when shutdown begins.
+    let (audit_closing, closing) = tokio::sync::watch::channel(false);
+    let mut audit = crate::audit::CoordinatorAudit::new(routes.clone()).with_closing(closing);
+    if let Some(a) = &config.accounts {
+        audit = audit.with_accounts(a.clone());
+    }
     let mut service = CoordinatorService::new(projection).with_followers(followers.monitor());
     if let Some(s) = &sagas {
         service = service.with_sagas(s.monitor());
@@ -140,6 +162,9 @@ pub async fn run_coordinator(
     health_reporter
         .set_serving::<amisim_proto::chaos_server::ChaosServer<crate::chaos::ChaosControl>>()
         .await;
+    health_reporter
+        .set_serving::<amisim_proto::audit_server::AuditServer<crate::audit::CoordinatorAudit>>()
+        .await;
     let reflection_v1 = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(amisim_proto::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
@@ -163,10 +188,14 @@ pub async fn run_coordinator(
         .add_service(Gateway::new(routes))
         .add_service(service.into_server())
         .add_service(chaos.into_server())
+        .add_service(audit.into_server())
         .serve_with_incoming_shutdown(
             // TCP_NODELAY: without it small responses wait ~40 ms for delayed ACKs.
             tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
-            shutdown,
+            async move {
+                shutdown.await;
+                audit_closing.send_replace(true);
+            },
         )
         .await;
     // No new calls: stop the background work (nothing to save; a restart replays the logs).

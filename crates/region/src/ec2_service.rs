@@ -89,6 +89,12 @@ pub fn authenticate(md: &MetadataMap, accounts: Option<&Accounts>) -> Result<Str
 /// The request id from `x-amisim-request-id` if it is 1 to [`MAX_REQUEST_ID_LEN`] visible ASCII
 /// characters, else a fresh UUID.
 pub fn request_id_from_metadata(md: &MetadataMap) -> String {
+    request_id_or(md, || ids::generate_uuid(&mut rand::rng()))
+}
+
+/// The request id from `x-amisim-request-id` as in [`request_id_from_metadata`], else
+/// `fresh()` (a node's writes draw it from the node's seeded stream).
+pub fn request_id_or(md: &MetadataMap, fresh: impl FnOnce() -> String) -> String {
     md.get(REQUEST_ID_KEY)
         .and_then(|v| v.to_str().ok())
         .filter(|s| {
@@ -97,7 +103,7 @@ pub fn request_id_from_metadata(md: &MetadataMap) -> String {
                 && s.bytes().all(|b| b.is_ascii_graphic())
         })
         .map(str::to_string)
-        .unwrap_or_else(|| ids::generate_uuid(&mut rand::rng()))
+        .unwrap_or_else(fresh)
 }
 
 /// The consistency token of a write: `<region>:<seq>`.
@@ -197,7 +203,8 @@ impl Ec2Service {
         command: fn(Req) -> Command,
         pick: fn(Reply) -> Option<Resp>,
     ) -> Result<Response<Resp>, Status> {
-        let request_id = request_id_from_metadata(request.metadata());
+        // Writes put the id into their events: drawn from the node's seed when absent.
+        let request_id = request_id_or(request.metadata(), || self.node.fresh_request_id());
         let account = authenticate(request.metadata(), self.node.accounts().map(|a| &**a));
         let record = self.begin_record(&request, &account, &request_id, false);
         let body = request.into_inner();

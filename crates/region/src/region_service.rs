@@ -118,11 +118,14 @@ impl Region for RegionService {
                 "this node runs on a scaled clock; start it with --clock virtual to move time by hand",
             ));
         };
-        let now = if r.to_ms > 0 {
-            clock.set(r.to_ms)
+        // `as_virtual` is the shared base clock; a skewed node reads base + skew, and that
+        // reading (the node's own) is what the answer reports.
+        if r.to_ms > 0 {
+            clock.set(r.to_ms);
         } else {
-            clock.advance(r.by_ms)
-        };
+            clock.advance(r.by_ms);
+        }
+        let now = self.node.now_ms();
         tracing::info!(
             now_ms = now,
             by_ms = r.by_ms,
@@ -164,7 +167,9 @@ impl Region for RegionService {
         &self,
         request: Request<SagaStep>,
     ) -> Result<Response<SagaStepResponse>, Status> {
-        let request_id = crate::ec2_service::request_id_from_metadata(request.metadata());
+        // The step's events carry the id: drawn from the node's seed when the caller sends none.
+        let request_id =
+            crate::ec2_service::request_id_or(request.metadata(), || self.node.fresh_request_id());
         let step = request.into_inner();
         let span = tracing::info_span!(
             "saga_step",
