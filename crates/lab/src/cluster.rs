@@ -174,7 +174,7 @@ impl ClusterSpec {
         }
         self.links
             .validate()
-            .map_err(|e| invalid(format!("invalid links: {e}")))?;
+            .map_err(|e| invalid(format!("links: {e}")))?;
         if matches!(self.mode, ClusterMode::Processes { .. })
             && self.accounts.is_some()
             && self.accounts_file.is_none()
@@ -203,9 +203,15 @@ pub enum LabError {
         #[source]
         source: std::io::Error,
     },
-    /// A bad cluster spec or experiment.
-    #[error("invalid: {0}")]
+    /// A bad cluster spec.
+    #[error("invalid cluster: {0}")]
     Invalid(String),
+    /// A bad experiment file or seed range (the message names the file, field and line).
+    #[error("{0}")]
+    Spec(String),
+    /// An experiment run could not go on (its data directory, its output, a client).
+    #[error("{0}")]
+    Run(String),
     /// A node could not start, stop or be reached.
     #[error("node {node}: {message}")]
     Node { node: String, message: String },

@@ -128,7 +128,7 @@ impl RunOutcome {
             source,
         })?;
         let json = |what: &str, r: serde_json::Result<String>| {
-            r.map_err(|e| LabError::Invalid(format!("cannot encode the {what} as JSON: {e}")))
+            r.map_err(|e| LabError::Run(format!("cannot encode the {what} as JSON: {e}")))
         };
         let files = [
             ("report.txt", report::text::render(&self.report)),
@@ -208,7 +208,7 @@ pub async fn run_experiment(
         Some(root) => {
             let dir = root.join(format!("seed-{seed}"));
             if dir.exists() {
-                return Err(LabError::Invalid(format!(
+                return Err(LabError::Run(format!(
                     "the data directory {} exists already: a run needs fresh logs (remove it or pick another --data)",
                     dir.display()
                 )));
@@ -278,7 +278,7 @@ struct Runner<'a> {
 fn lazy(url: &str) -> Result<Channel, LabError> {
     Endpoint::from_shared(url.to_string())
         .map(|e| e.connect_timeout(Duration::from_secs(2)).connect_lazy())
-        .map_err(|e| LabError::Invalid(format!("bad url {url}: {e}")))
+        .map_err(|e| LabError::Run(format!("bad url {url}: {e}")))
 }
 
 fn rpc(what: &str, s: tonic::Status) -> LabError {

@@ -434,13 +434,13 @@ impl Experiment {
     /// file gives none.
     pub fn parse(text: &str, file: &str, default_name: &str) -> Result<Experiment, LabError> {
         let raw: File = toml::from_str(text).map_err(|e| {
-            LabError::Invalid(format!(
+            LabError::Spec(format!(
                 "experiment {file}: {}",
                 e.to_string().trim_end().replace('\n', "\n  ")
             ))
         })?;
         resolve(raw, text, default_name).map_err(|(field, message)| {
-            LabError::Invalid(format!("experiment {file}: {field}: {message}"))
+            LabError::Spec(format!("experiment {file}: {field}: {message}"))
         })
     }
 
@@ -857,7 +857,7 @@ fn valid_region(name: &str) -> bool {
 /// Parses `A..B` (B excluded), `A..=B` or a single `A` into the seeds to run.
 pub fn parse_seed_range(s: &str) -> Result<Vec<u64>, LabError> {
     let err = || {
-        LabError::Invalid(format!(
+        LabError::Spec(format!(
             "seed range {s:?}: expected A..B (B excluded), A..=B or one seed, e.g. 1..20"
         ))
     };
