@@ -298,24 +298,12 @@ pub async fn as_of(args: AsOfArgs) -> anyhow::Result<()> {
             .await
             .map_err(|s| anyhow::anyhow!("DescribeSnapshotsAsOf failed: {}", s.message()))?
             .into_inner();
-        let rows: Vec<[String; 4]> = tagged(&a.snapshots, &a.response, |s| &s.snapshots)
-            .into_iter()
-            .map(|(r, s)| {
-                [
-                    r,
-                    s.snapshot_id.clone(),
-                    s.state.clone(),
-                    s.owner_id.clone(),
-                ]
-            })
-            .collect();
-        let json = json!({
-            "regions": points_json(&a.regions, a.seq, a.sim_time_ms),
-            "snapshots": tagged(&a.snapshots, &a.response, |s| &s.snapshots)
-                .into_iter()
-                .map(|(r, s)| json!({"region": r, "snapshot": audit::requests::to_json(s)}))
-                .collect::<Vec<_>>(),
-        });
+        let (rows, json) = as_of_output(
+            tagged(&a.snapshots, &a.response, |s| &s.snapshots),
+            ("snapshots", "snapshot"),
+            |s| [s.snapshot_id.clone(), s.state.clone(), s.owner_id.clone()],
+            points_json(&a.regions, a.seq, a.sim_time_ms),
+        );
         (a.regions, rows, json)
     } else {
         let request = prepare(
@@ -335,17 +323,12 @@ pub async fn as_of(args: AsOfArgs) -> anyhow::Result<()> {
             .await
             .map_err(|s| anyhow::anyhow!("DescribeImagesAsOf failed: {}", s.message()))?
             .into_inner();
-        let rows: Vec<[String; 4]> = tagged(&a.images, &a.response, |r| &r.images)
-            .into_iter()
-            .map(|(r, i)| [r, i.image_id.clone(), i.state.clone(), i.name.clone()])
-            .collect();
-        let json = json!({
-            "regions": points_json(&a.regions, a.seq, a.sim_time_ms),
-            "images": tagged(&a.images, &a.response, |r| &r.images)
-                .into_iter()
-                .map(|(r, i)| json!({"region": r, "image": audit::requests::to_json(i)}))
-                .collect::<Vec<_>>(),
-        });
+        let (rows, json) = as_of_output(
+            tagged(&a.images, &a.response, |r| &r.images),
+            ("images", "image"),
+            |i| [i.image_id.clone(), i.state.clone(), i.name.clone()],
+            points_json(&a.regions, a.seq, a.sim_time_ms),
+        );
         (a.regions, rows, json)
     };
     let mut out = std::io::stdout().lock();
@@ -424,6 +407,28 @@ impl RegionTagged<amisim_proto::Snapshot> for amisim_proto::RegionSnapshot {
     fn item(&self) -> Option<&amisim_proto::Snapshot> {
         self.snapshot.as_ref()
     }
+}
+
+/// The table rows (region, id, state, name or owner) and the JSON of an as-of answer's
+/// `items`: `{"regions": points, <key>: [{"region": .., <item_key>: ..}, ..]}`.
+fn as_of_output<I: serde::Serialize>(
+    items: Vec<(String, &I)>,
+    (key, item_key): (&str, &str),
+    row: impl Fn(&I) -> [String; 3],
+    points: Value,
+) -> (Vec<[String; 4]>, Value) {
+    let rows = items
+        .iter()
+        .map(|(r, i)| {
+            let [id, state, name] = row(i);
+            [r.clone(), id, state, name]
+        })
+        .collect();
+    let items: Vec<Value> = items
+        .into_iter()
+        .map(|(r, i)| json!({"region": r, item_key: audit::requests::to_json(i)}))
+        .collect();
+    (rows, json!({"regions": points, key: items}))
 }
 
 fn points_json(points: &[amisim_proto::RegionPoint], seq: u64, time: u64) -> Value {

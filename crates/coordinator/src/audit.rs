@@ -257,6 +257,33 @@ impl CoordinatorAudit {
         }
     }
 
+    /// The regions, points and wanted ids of an as-of read of `describe` (explicit ids of a read
+    /// over several regions become a filter of `describe`).
+    fn plan_as_of<D: AsOfDescribe>(
+        &self,
+        region: &str,
+        as_of: Option<&AsOf>,
+        describe: &mut D,
+        call: &Call,
+    ) -> Result<AsOfPlan, Status> {
+        let named = !region.trim().is_empty();
+        let regions = self.select(region, call)?;
+        let (max_results, next_token) = describe.paging();
+        check_paging(max_results, next_token, regions.len(), call)?;
+        let points = self.as_of_points(as_of, &regions, named, call)?;
+        let wanted = if regions.len() > 1 {
+            let (ids, filters) = describe.ids_and_filters();
+            ids_as_filter(ids, filters, D::ID_FILTER)
+        } else {
+            Vec::new()
+        };
+        Ok(AsOfPlan {
+            regions,
+            points: points.into_iter().collect(),
+            wanted,
+        })
+    }
+
     /// Parses a token point; every region it names must be followed.
     fn token(&self, text: &str, call: &Call) -> Result<ConsistencyToken, Status> {
         let token = ConsistencyToken::parse(text).map_err(|e| {
@@ -662,6 +689,100 @@ fn missing<'a>(wanted: &'a [String], found: &[&str]) -> Vec<&'a str> {
     out
 }
 
+/// The Describe request inside an as-of read (images or snapshots).
+trait AsOfDescribe {
+    /// The filter that stands for explicit ids in a read over several regions.
+    const ID_FILTER: &'static str;
+    fn paging(&self) -> (Option<i32>, &str);
+    fn ids_and_filters(&mut self) -> (&mut Vec<String>, &mut Vec<Filter>);
+}
+
+impl AsOfDescribe for DescribeImagesRequest {
+    const ID_FILTER: &'static str = "image-id";
+    fn paging(&self) -> (Option<i32>, &str) {
+        (self.max_results, &self.next_token)
+    }
+    fn ids_and_filters(&mut self) -> (&mut Vec<String>, &mut Vec<Filter>) {
+        (&mut self.image_ids, &mut self.filters)
+    }
+}
+
+impl AsOfDescribe for DescribeSnapshotsRequest {
+    const ID_FILTER: &'static str = "snapshot-id";
+    fn paging(&self) -> (Option<i32>, &str) {
+        (self.max_results, &self.next_token)
+    }
+    fn ids_and_filters(&mut self) -> (&mut Vec<String>, &mut Vec<Filter>) {
+        (&mut self.snapshot_ids, &mut self.filters)
+    }
+}
+
+/// What an as-of read asks of the regions: which ones, the point each reads at, and the
+/// explicit ids of a read over several regions (each must be shown by some region).
+struct AsOfPlan {
+    regions: Vec<String>,
+    points: BTreeMap<String, Option<AsOf>>,
+    wanted: Vec<String>,
+}
+
+/// One region's as-of answer, whatever the resource.
+struct AsOfAnswer<T> {
+    seq: u64,
+    sim_time_ms: u64,
+    next_token: String,
+    items: Vec<T>,
+}
+
+/// The regions' as-of answers as one: the point each region read at; the region's own point
+/// and `next_token` when one region is read (else zero and empty); the items by region, then id.
+struct AsOfMerged<T> {
+    regions: Vec<RegionPoint>,
+    seq: u64,
+    sim_time_ms: u64,
+    next_token: String,
+    items: Vec<(String, T)>,
+}
+
+impl AsOfPlan {
+    /// Merges the answers; `Err` holds the wanted ids no region shows.
+    fn merge<T>(
+        &self,
+        answers: impl IntoIterator<Item = (String, AsOfAnswer<T>)>,
+        id: impl Fn(&T) -> &str,
+    ) -> Result<AsOfMerged<T>, Vec<&str>> {
+        let single = self.regions.len() == 1;
+        let mut out = AsOfMerged {
+            regions: Vec::new(),
+            seq: 0,
+            sim_time_ms: 0,
+            next_token: String::new(),
+            items: Vec::new(),
+        };
+        for (region, a) in answers {
+            out.regions.push(RegionPoint {
+                region: region.clone(),
+                seq: a.seq,
+                sim_time_ms: a.sim_time_ms,
+            });
+            if single {
+                out.seq = a.seq;
+                out.sim_time_ms = a.sim_time_ms;
+                out.next_token = a.next_token;
+            }
+            out.items
+                .extend(a.items.into_iter().map(|item| (region.clone(), item)));
+        }
+        let found: Vec<&str> = out.items.iter().map(|(_, item)| id(item)).collect();
+        let absent = missing(&self.wanted, &found);
+        if !absent.is_empty() {
+            return Err(absent);
+        }
+        out.items
+            .sort_by(|(ra, a), (rb, b)| (ra, id(a)).cmp(&(rb, id(b))));
+        Ok(out)
+    }
+}
+
 #[tonic::async_trait]
 impl Audit for CoordinatorAudit {
     async fn verify_log(
@@ -761,71 +882,48 @@ impl Audit for CoordinatorAudit {
     ) -> Result<Response<DescribeImagesAsOfResponse>, Status> {
         let call = self.authorize(request.metadata(), "DescribeImagesAsOf")?;
         let r = request.into_inner();
-        let named = !r.region.trim().is_empty();
-        let regions = self.select(&r.region, &call)?;
         let mut describe: DescribeImagesRequest = r.request.unwrap_or_default();
-        check_paging(
-            describe.max_results,
-            &describe.next_token,
-            regions.len(),
-            &call,
-        )?;
-        let points = self.as_of_points(r.as_of.as_ref(), &regions, named, &call)?;
-        let wanted = if regions.len() > 1 {
-            ids_as_filter(&mut describe.image_ids, &mut describe.filters, "image-id")
-        } else {
-            Vec::new()
-        };
-        let points: BTreeMap<String, Option<AsOf>> = points.into_iter().collect();
+        let plan = self.plan_as_of(&r.region, r.as_of.as_ref(), &mut describe, &call)?;
         let answers = self
-            .fan_out(&regions, &call, |region, mut c| {
+            .fan_out(&plan.regions, &call, |region, mut c| {
                 let req = call.forward(DescribeImagesAsOfRequest {
-                    as_of: points.get(&region).cloned().flatten(),
+                    as_of: plan.points.get(&region).cloned().flatten(),
                     request: Some(describe.clone()),
                     region,
                 });
                 async move { c.describe_images_as_of(req).await }
             })
             .await?;
-        let mut images: Vec<RegionImage> = Vec::new();
-        let mut out = DescribeImagesAsOfResponse::default();
-        for (region, a) in answers {
-            out.regions.push(RegionPoint {
-                region: region.clone(),
+        let answers = answers.into_iter().map(|(region, a)| {
+            let response = a.response.unwrap_or_default();
+            let answer = AsOfAnswer {
                 seq: a.seq,
                 sim_time_ms: a.sim_time_ms,
-            });
-            let response = a.response.unwrap_or_default();
-            if regions.len() == 1 {
-                out.seq = a.seq;
-                out.sim_time_ms = a.sim_time_ms;
-                out.response = Some(DescribeImagesResponse {
-                    images: Vec::new(),
-                    next_token: response.next_token.clone(),
-                });
-            }
-            images.extend(response.images.into_iter().map(|image| RegionImage {
-                region: region.clone(),
-                image: Some(image),
-            }));
-        }
-        let found: Vec<&str> = images
-            .iter()
-            .filter_map(|i| i.image.as_ref().map(|i| i.image_id.as_str()))
-            .collect();
-        let absent = missing(&wanted, &found);
-        if !absent.is_empty() {
-            return Err(call.ec2(&Ec2Error::image_not_found(&absent)));
-        }
-        images.sort_by(|a, b| {
-            let id = |i: &RegionImage| i.image.as_ref().map(|i| i.image_id.clone());
-            (&a.region, id(a)).cmp(&(&b.region, id(b)))
+                next_token: response.next_token,
+                items: response.images,
+            };
+            (region, answer)
         });
-        let mut response = out.response.take().unwrap_or_default();
-        response.images = images.iter().filter_map(|i| i.image.clone()).collect();
-        out.response = Some(response);
-        out.images = images;
-        Ok(call.respond(out))
+        let merged = plan
+            .merge(answers, |i| i.image_id.as_str())
+            .map_err(|absent| call.ec2(&Ec2Error::image_not_found(&absent)))?;
+        Ok(call.respond(DescribeImagesAsOfResponse {
+            seq: merged.seq,
+            sim_time_ms: merged.sim_time_ms,
+            response: Some(DescribeImagesResponse {
+                images: merged.items.iter().map(|(_, i)| i.clone()).collect(),
+                next_token: merged.next_token,
+            }),
+            regions: merged.regions,
+            images: merged
+                .items
+                .into_iter()
+                .map(|(region, image)| RegionImage {
+                    region,
+                    image: Some(image),
+                })
+                .collect(),
+        }))
     }
 
     async fn describe_snapshots_as_of(
@@ -834,78 +932,48 @@ impl Audit for CoordinatorAudit {
     ) -> Result<Response<DescribeSnapshotsAsOfResponse>, Status> {
         let call = self.authorize(request.metadata(), "DescribeSnapshotsAsOf")?;
         let r = request.into_inner();
-        let named = !r.region.trim().is_empty();
-        let regions = self.select(&r.region, &call)?;
         let mut describe: DescribeSnapshotsRequest = r.request.unwrap_or_default();
-        check_paging(
-            describe.max_results,
-            &describe.next_token,
-            regions.len(),
-            &call,
-        )?;
-        let points = self.as_of_points(r.as_of.as_ref(), &regions, named, &call)?;
-        let wanted = if regions.len() > 1 {
-            ids_as_filter(
-                &mut describe.snapshot_ids,
-                &mut describe.filters,
-                "snapshot-id",
-            )
-        } else {
-            Vec::new()
-        };
-        let points: BTreeMap<String, Option<AsOf>> = points.into_iter().collect();
+        let plan = self.plan_as_of(&r.region, r.as_of.as_ref(), &mut describe, &call)?;
         let answers = self
-            .fan_out(&regions, &call, |region, mut c| {
+            .fan_out(&plan.regions, &call, |region, mut c| {
                 let req = call.forward(DescribeSnapshotsAsOfRequest {
-                    as_of: points.get(&region).cloned().flatten(),
+                    as_of: plan.points.get(&region).cloned().flatten(),
                     request: Some(describe.clone()),
                     region,
                 });
                 async move { c.describe_snapshots_as_of(req).await }
             })
             .await?;
-        let mut snapshots: Vec<RegionSnapshot> = Vec::new();
-        let mut out = DescribeSnapshotsAsOfResponse::default();
-        for (region, a) in answers {
-            out.regions.push(RegionPoint {
-                region: region.clone(),
+        let answers = answers.into_iter().map(|(region, a)| {
+            let response = a.response.unwrap_or_default();
+            let answer = AsOfAnswer {
                 seq: a.seq,
                 sim_time_ms: a.sim_time_ms,
-            });
-            let response = a.response.unwrap_or_default();
-            if regions.len() == 1 {
-                out.seq = a.seq;
-                out.sim_time_ms = a.sim_time_ms;
-                out.response = Some(DescribeSnapshotsResponse {
-                    snapshots: Vec::new(),
-                    next_token: response.next_token.clone(),
-                });
-            }
-            snapshots.extend(response.snapshots.into_iter().map(|s| RegionSnapshot {
-                region: region.clone(),
-                snapshot: Some(s),
-            }));
-        }
-        let found: Vec<&str> = snapshots
-            .iter()
-            .filter_map(|s| s.snapshot.as_ref().map(|s| s.snapshot_id.as_str()))
-            .collect();
-        let absent = missing(&wanted, &found);
-        if !absent.is_empty() {
-            return Err(call.ec2(&Ec2Error::snapshot_not_found(&absent.join(", "))));
-        }
-        snapshots.sort_by(|a, b| {
-            let id = |s: &RegionSnapshot| s.snapshot.as_ref().map(|s| s.snapshot_id.clone());
-            (&a.region, id(a)).cmp(&(&b.region, id(b)))
+                next_token: response.next_token,
+                items: response.snapshots,
+            };
+            (region, answer)
         });
-        let mut response = out.response.take().unwrap_or_default();
-        response.snapshots = snapshots
-            .iter()
-            .filter_map(|s| s.snapshot.clone())
-            .collect();
-        out.response = Some(response);
-        out.snapshots = snapshots;
-        Ok(call.respond(out))
+        let merged = plan
+            .merge(answers, |s| s.snapshot_id.as_str())
+            .map_err(|absent| call.ec2(&Ec2Error::snapshot_not_found(&absent.join(", "))))?;
+        Ok(call.respond(DescribeSnapshotsAsOfResponse {
+            seq: merged.seq,
+            sim_time_ms: merged.sim_time_ms,
+            response: Some(DescribeSnapshotsResponse {
+                snapshots: merged.items.iter().map(|(_, s)| s.clone()).collect(),
+                next_token: merged.next_token,
+            }),
+            regions: merged.regions,
+            snapshots: merged
+                .items
+                .into_iter()
+                .map(|(region, snapshot)| RegionSnapshot {
+                    region,
+                    snapshot: Some(snapshot),
+                })
+                .collect(),
+        }))
     }
 
     async fn lookup_events(

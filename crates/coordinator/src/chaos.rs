@@ -121,6 +121,13 @@ impl ChaosControl {
             })
     }
 
+    /// The answer of a node-fault call: the node as the wire shows it now.
+    fn node_response(&self, name: &str) -> Result<Response<NodeResponse>, Status> {
+        Ok(Response::new(NodeResponse {
+            node: Some(self.node_info(name)?),
+        }))
+    }
+
     /// Requires the accounts file's operator token on every call.
     pub fn with_accounts(mut self, accounts: &amisim_core::Accounts) -> Self {
         self.token = Some(accounts.operator_token().unwrap_or_default().to_string());
@@ -305,6 +312,20 @@ fn node_to_pb(n: &amisim_chaos::NodeInfo) -> amisim_proto::NodeInfo {
         restarts: n.restarts,
         pid: n.pid.unwrap_or(0),
     }
+}
+
+/// Applies `fault` to this coordinator [`SELF_FAULT_DELAY`] from now, so that the call that
+/// asked for it is answered first; `what` names it in the log ("killing", "restarting").
+fn fault_self_later<F>(what: &'static str, fault: F)
+where
+    F: std::future::Future<Output = Result<(), NodeFaultError>> + Send + 'static,
+{
+    tokio::spawn(async move {
+        tokio::time::sleep(SELF_FAULT_DELAY).await;
+        if let Err(e) = fault.await {
+            tracing::error!(target: "amisim::chaos", error = %e, "{what} the coordinator failed");
+        }
+    });
 }
 
 /// A refused or failed node fault as a status.
@@ -585,19 +606,14 @@ impl Chaos for ChaosControl {
                 ));
             };
             tracing::warn!(target: "amisim::chaos", down_for_ms = r.down_for_ms, "killing the coordinator (this one) after answering");
-            tokio::spawn(async move {
-                tokio::time::sleep(SELF_FAULT_DELAY).await;
-                if let Err(e) = faults.kill(amisim_chaos::COORDINATOR, Some(down_for)).await {
-                    tracing::error!(target: "amisim::chaos", error = %e, "killing the coordinator failed");
-                }
+            fault_self_later("killing", async move {
+                faults.kill(amisim_chaos::COORDINATOR, Some(down_for)).await
             });
             return Ok(Response::new(NodeResponse { node: Some(info) }));
         }
         faults.kill(name, down_for).await.map_err(fault_status)?;
         tracing::info!(target: "amisim::chaos", node = name, down_for_ms = r.down_for_ms, "node killed");
-        Ok(Response::new(NodeResponse {
-            node: Some(self.node_info(name)?),
-        }))
+        self.node_response(name)
     }
 
     async fn pause_node(
@@ -617,9 +633,7 @@ impl Chaos for ChaosControl {
         }
         faults.pause(name).await.map_err(fault_status)?;
         tracing::info!(target: "amisim::chaos", node = name, "node paused");
-        Ok(Response::new(NodeResponse {
-            node: Some(self.node_info(name)?),
-        }))
+        self.node_response(name)
     }
 
     async fn resume_node(
@@ -631,9 +645,7 @@ impl Chaos for ChaosControl {
         let name = node_name(&r.node)?;
         self.faults()?.resume(name).await.map_err(fault_status)?;
         tracing::info!(target: "amisim::chaos", node = name, "node resumed");
-        Ok(Response::new(NodeResponse {
-            node: Some(self.node_info(name)?),
-        }))
+        self.node_response(name)
     }
 
     async fn restart_node(
@@ -647,19 +659,14 @@ impl Chaos for ChaosControl {
         let info = self.node_info(name)?;
         if info.kind == NodeKind::Coordinator.as_str() {
             tracing::warn!(target: "amisim::chaos", "restarting the coordinator (this one) after answering");
-            tokio::spawn(async move {
-                tokio::time::sleep(SELF_FAULT_DELAY).await;
-                if let Err(e) = faults.restart(amisim_chaos::COORDINATOR).await {
-                    tracing::error!(target: "amisim::chaos", error = %e, "restarting the coordinator failed");
-                }
+            fault_self_later("restarting", async move {
+                faults.restart(amisim_chaos::COORDINATOR).await
             });
             return Ok(Response::new(NodeResponse { node: Some(info) }));
         }
         faults.restart(name).await.map_err(fault_status)?;
         tracing::info!(target: "amisim::chaos", node = name, "node restarted");
-        Ok(Response::new(NodeResponse {
-            node: Some(self.node_info(name)?),
-        }))
+        self.node_response(name)
     }
 
     async fn set_clock_skew(
@@ -674,9 +681,7 @@ impl Chaos for ChaosControl {
             .await
             .map_err(fault_status)?;
         tracing::info!(target: "amisim::chaos", region = name, skew_ms = r.skew_ms, "clock skew set");
-        Ok(Response::new(NodeResponse {
-            node: Some(self.node_info(name)?),
-        }))
+        self.node_response(name)
     }
 }
 

@@ -65,8 +65,10 @@ use crate::gateway::{RegionRoutes, REQUEST_ID_HEADER};
 use crate::projection::{Projection, ProjectionSnapshot};
 
 /// The driver looks at the projection at most this often (a look walks every copy of every
-/// region).
-const MIN_LOOK_INTERVAL: Duration = Duration::from_millis(10);
+/// region). Short, because it is latency a copy pays: a copy requested just after a look
+/// waits out the rest of the interval before its saga starts (at 10 ms this was most of what
+/// a cross-region copy added to its simulated transfer time, docs/performance.md).
+const MIN_LOOK_INTERVAL: Duration = Duration::from_millis(2);
 
 /// How the saga driver runs. The defaults suit a local cluster and tests.
 #[derive(Debug, Clone)]

@@ -22,6 +22,7 @@ pub mod accounts;
 pub mod copy;
 pub mod encryption;
 pub mod error;
+pub mod event_filter;
 pub mod filter;
 pub mod ids;
 pub mod image;

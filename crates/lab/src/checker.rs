@@ -613,6 +613,28 @@ mod tests {
     const R: &str = "us-east-1";
     const E: &str = "eu-west-1";
 
+    /// A `describe_global_images` in E by process 1 as account 100000000000, invoked at `time`
+    /// with `args` and answered `result` at `time + 1`.
+    fn global_read(
+        h: &mut History,
+        time: u64,
+        sim_time_ms: u64,
+        args: serde_json::Value,
+        result: serde_json::Value,
+    ) {
+        let g = h.invoke(
+            "describe_global_images",
+            1,
+            time,
+            sim_time_ms,
+            E,
+            "100000000000",
+            None,
+            args,
+        );
+        h.complete(g, EntryType::Ok, time + 1, sim_time_ms, result, None);
+    }
+
     /// A small, healthy run: two registers, a copy, a share, a deregister, reads.
     fn healthy() -> (History, Observed) {
         let mut h = History::new();
@@ -692,26 +714,15 @@ mod tests {
             json!({"images": [{"region": R, "image_id": "ami-a", "state": "available"}]}),
             None,
         );
-        let g = h.invoke(
-            "describe_global_images",
-            1,
+        global_read(
+            &mut h,
             11,
             3000,
-            E,
-            "100000000000",
-            None,
             json!({"consistency_token": "eu-west-1:4", "expect_region": E, "expect_image_id": "ami-c"}),
-        );
-        h.complete(
-            g,
-            EntryType::Ok,
-            12,
-            3000,
             json!({"images": [
                 {"region": R, "image_id": "ami-a", "state": "available"},
                 {"region": E, "image_id": "ami-c", "state": "available", "source_image_id": "ami-a", "source_region": R}
             ]}),
-            None,
         );
         let img = |state: &str| ImageObs {
             state: state.into(),
@@ -849,25 +860,14 @@ mod tests {
     #[test]
     fn a_copy_visible_before_its_source_is_caught() {
         let (mut h, o) = healthy();
-        let g = h.invoke(
-            "describe_global_images",
-            1,
+        global_read(
+            &mut h,
             30,
             5000,
-            E,
-            "100000000000",
-            None,
             json!({}),
-        );
-        h.complete(
-            g,
-            EntryType::Ok,
-            31,
-            5000,
             json!({"images": [
                 {"region": E, "image_id": "ami-c", "state": "available", "source_image_id": "ami-a", "source_region": R}
             ]}),
-            None,
         );
         let v = check(&h, &o);
         let c = verdict(&v, "causal_reads");
@@ -882,17 +882,13 @@ mod tests {
     #[test]
     fn a_token_read_that_misses_its_write_is_caught() {
         let (mut h, _) = healthy();
-        let g = h.invoke(
-            "describe_global_images",
-            1,
+        global_read(
+            &mut h,
             30,
             5000,
-            E,
-            "100000000000",
-            None,
             json!({"consistency_token": "eu-west-1:4", "expect_region": E, "expect_image_id": "ami-c"}),
+            json!({"images": []}),
         );
-        h.complete(g, EntryType::Ok, 31, 5000, json!({"images": []}), None);
         let c = causal_reads(&h.ops());
         assert!(!c.pass);
         assert!(c.summary.contains("consistency token"), "{}", c.summary);

@@ -288,6 +288,26 @@ fn rpc(what: &str, s: tonic::Status) -> LabError {
     }
 }
 
+/// An image as the checker observes it, keyed by its id.
+fn image_obs(i: Image) -> (String, ImageObs) {
+    let obs = ImageObs {
+        state: i.state,
+        owner: i.owner_id,
+        source_image_id: i.source_image_id,
+        source_region: i.source_image_region,
+    };
+    (i.image_id, obs)
+}
+
+/// The id (`field` of the answer) a setup call created in `region`, or its failure.
+fn created(o: Outcome, field: &str, region: &str, call: &str) -> Result<String, LabError> {
+    let id = o.value.get(field).and_then(|v| v.as_str());
+    id.map(str::to_string).ok_or_else(|| LabError::Node {
+        node: region.to_string(),
+        message: format!("setup: {call} failed: {}", o.error.unwrap_or_default()),
+    })
+}
+
 fn control<T>(msg: T) -> Request<T> {
     let mut r = Request::new(msg);
     r.set_timeout(CONTROL_TIMEOUT);
@@ -606,38 +626,14 @@ impl<'a> Runner<'a> {
                         size_gib: self.exp.volume_size_gib,
                     },
                 };
-                let o = self.call(&p).await;
-                let volume = o
-                    .value
-                    .get("volume_id")
-                    .and_then(|v| v.as_str())
-                    .map(str::to_string)
-                    .ok_or_else(|| LabError::Node {
-                        node: r.clone(),
-                        message: format!(
-                            "setup: CreateVolume failed: {}",
-                            o.error.unwrap_or_default()
-                        ),
-                    })?;
+                let volume = created(self.call(&p).await, "volume_id", r, "CreateVolume")?;
                 self.progress.inc(1);
                 self.wait_until_ready(r, a, Some(&volume), None).await?;
                 let p = Planned {
                     request: Call::CreateSnapshot { volume_id: volume },
                     ..p
                 };
-                let o = self.call(&p).await;
-                let snap = o
-                    .value
-                    .get("snapshot_id")
-                    .and_then(|v| v.as_str())
-                    .map(str::to_string)
-                    .ok_or_else(|| LabError::Node {
-                        node: r.clone(),
-                        message: format!(
-                            "setup: CreateSnapshot failed: {}",
-                            o.error.unwrap_or_default()
-                        ),
-                    })?;
+                let snap = created(self.call(&p).await, "snapshot_id", r, "CreateSnapshot")?;
                 // The setup snapshot is RegisterImage's, not DeleteSnapshot's.
                 if let Some(slot) = self.model.slots.get_mut(process as usize) {
                     slot.extra_snapshots.retain(|s| s != &snap);
@@ -1147,17 +1143,7 @@ impl<'a> Runner<'a> {
                         .await
                         .map_err(|s| format!("DescribeImages in {r}: {}", s.message()))?
                         .into_inner();
-                    for i in resp.images {
-                        im.insert(
-                            i.image_id.clone(),
-                            ImageObs {
-                                state: i.state,
-                                owner: i.owner_id,
-                                source_image_id: i.source_image_id,
-                                source_region: i.source_image_region,
-                            },
-                        );
-                    }
+                    im.extend(resp.images.into_iter().map(image_obs));
                     if resp.next_token.is_empty() {
                         break;
                     }
@@ -1304,15 +1290,8 @@ impl<'a> Runner<'a> {
                     .into_inner();
                 for g in resp.images {
                     if let Some(i) = g.image {
-                        o.global_images.entry(g.region).or_default().insert(
-                            i.image_id.clone(),
-                            ImageObs {
-                                state: i.state,
-                                owner: i.owner_id,
-                                source_image_id: i.source_image_id,
-                                source_region: i.source_image_region,
-                            },
-                        );
+                        let (id, obs) = image_obs(i);
+                        o.global_images.entry(g.region).or_default().insert(id, obs);
                     }
                 }
                 if resp.next_token.is_empty() {

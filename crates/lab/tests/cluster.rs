@@ -3,9 +3,11 @@
 //! killed through its own Chaos service comes back; clock skew; every fault is in the audit
 //! trail.
 
+mod common;
+
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use amisim_chaos::{Clock, NodeState};
 use amisim_lab::{Cluster, ClusterClock, ClusterSpec};
@@ -21,7 +23,8 @@ use amisim_proto::{
     PauseNodeRequest, SetClockSkewRequest,
 };
 use tonic::transport::Channel;
-use tonic::Request;
+
+use common::{req, Poll};
 
 /// 2024-01-01T00:00:00Z.
 const T0: u64 = 1_704_067_200_000;
@@ -31,13 +34,6 @@ fn channel(url: &str) -> Channel {
         .expect("url")
         .connect_timeout(Duration::from_secs(2))
         .connect_lazy()
-}
-
-fn req<T>(msg: T, region: &str) -> Request<T> {
-    let mut r = Request::new(msg);
-    r.metadata_mut()
-        .insert("x-amisim-region", region.parse().expect("ascii"));
-    r
 }
 
 fn volume(region: &str) -> CreateVolumeRequest {
@@ -58,21 +54,8 @@ async fn start(regions: &[&str], clock: ClusterClock) -> (tempfile::TempDir, Clu
     (dir, cluster)
 }
 
-/// Polls `check` every 50 ms until it returns `Some`, or panics after `limit`.
-async fn eventually<T, F, Fut>(what: &str, limit: Duration, mut check: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Option<T>>,
-{
-    let start = Instant::now();
-    loop {
-        if let Some(v) = check().await {
-            return v;
-        }
-        assert!(start.elapsed() < limit, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
+/// How the tests wait for the cluster.
+const POLL: Poll = Poll(Duration::from_millis(50));
 
 fn state_of(cluster: &Cluster, node: &str) -> NodeState {
     cluster
@@ -122,7 +105,7 @@ async fn a_killed_region_keeps_every_acknowledged_write_and_the_coordinator_catc
         }
     });
     let count = || acked.lock().unwrap().len();
-    eventually("20 writes", Duration::from_secs(30), || async {
+    POLL.eventually("20 writes", Duration::from_secs(30), || async {
         (count() >= 20).then_some(())
     })
     .await;
@@ -133,13 +116,13 @@ async fn a_killed_region_keeps_every_acknowledged_write_and_the_coordinator_catc
     assert_eq!(state_of(&cluster, "us-east-1"), NodeState::Down);
     assert!(cluster.region_node("us-east-1").is_none());
     let before_restart = count();
-    eventually("a refused write", Duration::from_secs(30), || async {
+    POLL.eventually("a refused write", Duration::from_secs(30), || async {
         (*failures.lock().unwrap() > 0).then_some(())
     })
     .await;
     faults.restart("us-east-1").await.expect("restart");
     assert_eq!(state_of(&cluster, "us-east-1"), NodeState::Running);
-    eventually("20 more writes", Duration::from_secs(30), || async {
+    POLL.eventually("20 more writes", Duration::from_secs(30), || async {
         (count() >= before_restart + 20).then_some(())
     })
     .await;
@@ -172,7 +155,7 @@ async fn a_killed_region_keeps_every_acknowledged_write_and_the_coordinator_catc
         .into_inner();
     assert_eq!(own.digest, own.replay_digest);
     let mut coordinator = CoordinatorClient::new(channel(&gateway));
-    eventually("the coordinator's digest", Duration::from_secs(60), || {
+    POLL.eventually("the coordinator's digest", Duration::from_secs(60), || {
         let mut c = coordinator.clone();
         let own = own.clone();
         async move {
@@ -325,16 +308,16 @@ async fn the_coordinator_killed_through_its_own_chaos_service_comes_back() {
         })
         .await
         .expect("kill answered");
-    eventually("the coordinator down", Duration::from_secs(10), || async {
+    POLL.eventually("the coordinator down", Duration::from_secs(10), || async {
         (state_of(&cluster, "coordinator") == NodeState::Down).then_some(())
     })
     .await;
-    eventually("the coordinator back", Duration::from_secs(30), || async {
+    POLL.eventually("the coordinator back", Duration::from_secs(30), || async {
         (state_of(&cluster, "coordinator") == NodeState::Running).then_some(())
     })
     .await;
     let mut ec2 = Ec2Client::new(channel(&gateway));
-    eventually(
+    POLL.eventually(
         "a call through the restarted gateway",
         Duration::from_secs(30),
         || {

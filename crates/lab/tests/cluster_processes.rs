@@ -2,36 +2,20 @@
 //! signals. SIGKILL + restart of a region keeps its acknowledged writes on the same port;
 //! SIGSTOP holds a call until SIGCONT; skew is refused clearly.
 
-use std::time::{Duration, Instant};
+mod common;
+
+use std::time::Duration;
 
 use amisim_chaos::NodeState;
 use amisim_lab::{Cluster, ClusterClock, ClusterMode, ClusterSpec};
 use amisim_proto::ec2_client::Ec2Client;
 use amisim_proto::{CreateVolumeRequest, DescribeVolumesRequest};
 use tonic::transport::Channel;
-use tonic::Request;
 
-fn req<T>(msg: T, region: &str) -> Request<T> {
-    let mut r = Request::new(msg);
-    r.metadata_mut()
-        .insert("x-amisim-region", region.parse().expect("ascii"));
-    r
-}
+use common::{req, Poll};
 
-async fn eventually<T, F, Fut>(what: &str, limit: Duration, mut check: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Option<T>>,
-{
-    let start = Instant::now();
-    loop {
-        if let Some(v) = check().await {
-            return v;
-        }
-        assert!(start.elapsed() < limit, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
+/// How the tests wait for the cluster.
+const POLL: Poll = Poll(Duration::from_millis(100));
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn child_regions_survive_sigkill_and_hold_calls_under_sigstop() {
@@ -77,7 +61,10 @@ async fn child_regions_survive_sigkill_and_hold_calls_under_sigstop() {
     };
     let mut acked = Vec::new();
     for _ in 0..5 {
-        acked.push(eventually("a write", Duration::from_secs(30), || write(&ec2)).await);
+        acked.push(
+            POLL.eventually("a write", Duration::from_secs(30), || write(&ec2))
+                .await,
+        );
     }
 
     // SIGKILL, then a new child on the same port and data.
@@ -91,29 +78,30 @@ async fn child_regions_survive_sigkill_and_hold_calls_under_sigstop() {
     assert_eq!(second.state, NodeState::Running);
     assert_ne!(second.pid, Some(first_pid));
     acked.push(
-        eventually("a write after restart", Duration::from_secs(30), || {
+        POLL.eventually("a write after restart", Duration::from_secs(30), || {
             write(&ec2)
         })
         .await,
     );
     let mut client = ec2.clone();
-    let found = eventually("the acknowledged volumes", Duration::from_secs(30), || {
-        let mut c = client.clone();
-        let ids = acked.clone();
-        async move {
-            c.describe_volumes(req(
-                DescribeVolumesRequest {
-                    volume_ids: ids,
-                    ..Default::default()
-                },
-                "us-east-1",
-            ))
-            .await
-            .ok()
-        }
-    })
-    .await
-    .into_inner();
+    let found = POLL
+        .eventually("the acknowledged volumes", Duration::from_secs(30), || {
+            let mut c = client.clone();
+            let ids = acked.clone();
+            async move {
+                c.describe_volumes(req(
+                    DescribeVolumesRequest {
+                        volume_ids: ids,
+                        ..Default::default()
+                    },
+                    "us-east-1",
+                ))
+                .await
+                .ok()
+            }
+        })
+        .await
+        .into_inner();
     assert_eq!(found.volumes.len(), acked.len());
 
     // SIGSTOP holds a call; SIGCONT lets it finish.

@@ -424,6 +424,41 @@ pub fn restore(
     Ok((state, 0))
 }
 
+/// The events from `next` on, at most [`REPLAY_CHUNK`] and none past `to`; none at all is a gap.
+fn read_chunk(
+    log: &dyn EventLog,
+    next: u64,
+    to: u64,
+) -> Result<Vec<amisim_proto::Event>, RegionError> {
+    let end = to.min(next.saturating_add(REPLAY_CHUNK - 1));
+    let events = log.read_range(next, end)?;
+    if events.is_empty() {
+        return Err(RegionError::Gap {
+            expected: next,
+            found: 0,
+        });
+    }
+    Ok(events)
+}
+
+/// `e` must be event `next` of this region's log.
+fn check_next(region: &str, e: &amisim_proto::Event, next: u64) -> Result<(), RegionError> {
+    if e.seq != next {
+        return Err(RegionError::Gap {
+            expected: next,
+            found: e.seq,
+        });
+    }
+    if e.region != region {
+        return Err(RegionError::WrongRegion {
+            expected: region.to_string(),
+            found: e.region.clone(),
+            seq: e.seq,
+        });
+    }
+    Ok(())
+}
+
 /// Folds the events after `from` up to `to` into `state`, verifying the chain as it goes: the
 /// first event must link to `from.hash`, and the chain must end exactly at `to`.
 fn fold_verified(
@@ -436,28 +471,8 @@ fn fold_verified(
     let mut verifier = ChainVerifier::resume(from);
     let mut next = from.seq + 1;
     while next <= to.seq {
-        let end = to.seq.min(next.saturating_add(REPLAY_CHUNK - 1));
-        let events = log.read_range(next, end)?;
-        if events.is_empty() {
-            return Err(RegionError::Gap {
-                expected: next,
-                found: 0,
-            });
-        }
-        for e in events {
-            if e.seq != next {
-                return Err(RegionError::Gap {
-                    expected: next,
-                    found: e.seq,
-                });
-            }
-            if e.region != region {
-                return Err(RegionError::WrongRegion {
-                    expected: region.to_string(),
-                    found: e.region.clone(),
-                    seq: e.seq,
-                });
-            }
+        for e in read_chunk(log, next, to.seq)? {
+            check_next(region, &e, next)?;
             state.apply(&e);
             verifier.push_owned(e)?;
             next += 1;
@@ -485,28 +500,8 @@ pub fn replay_to(region: &str, log: &dyn EventLog, to: u64) -> Result<State, Reg
     let mut state = State::new();
     let mut next = 1;
     while next <= to {
-        let end = to.min(next.saturating_add(REPLAY_CHUNK - 1));
-        let events = log.read_range(next, end)?;
-        if events.is_empty() {
-            return Err(RegionError::Gap {
-                expected: next,
-                found: 0,
-            });
-        }
-        for e in &events {
-            if e.seq != next {
-                return Err(RegionError::Gap {
-                    expected: next,
-                    found: e.seq,
-                });
-            }
-            if e.region != region {
-                return Err(RegionError::WrongRegion {
-                    expected: region.to_string(),
-                    found: e.region.clone(),
-                    seq: e.seq,
-                });
-            }
+        for e in &read_chunk(log, next, to)? {
+            check_next(region, e, next)?;
             state.apply(e);
             next += 1;
         }
