@@ -160,42 +160,55 @@ impl ChaosControl {
 
     /// Every node's clock (GetRegionInfo over the raw channels).
     async fn clocks(&self) -> Result<Vec<RegionClock>, Status> {
-        let mut out = Vec::new();
-        for (region, _) in self.clock_regions() {
-            let region = region.as_str();
-            let mut client = self.direct_client(region)?;
-            let info = tokio::time::timeout(
-                CLOCK_CALL_TIMEOUT,
-                client.get_region_info(GetRegionInfoRequest {}),
-            )
+        self.each_clock(|mut c| async move { c.get_region_info(GetRegionInfoRequest {}).await })
             .await
-            .map_err(|_| Status::unavailable(format!("region {region} did not answer")))?
-            .map_err(|s| relay(region, s))?
-            .into_inner();
-            out.push(RegionClock {
-                region: region.to_string(),
-                now_ms: info.sim_time_ms,
-                next_due_ms: info.next_due_ms,
-                virtual_clock: info.virtual_clock,
-            });
-        }
-        Ok(out)
     }
 
     /// Moves every node's clock to `to_ms` (never backwards).
     async fn set_all(&self, to_ms: u64) -> Result<Vec<RegionClock>, Status> {
+        self.each_clock(move |mut c| async move {
+            c.advance_clock(RegionAdvanceClockRequest { by_ms: 0, to_ms })
+                .await
+        })
+        .await
+    }
+
+    /// Runs one clock call on every region of [`Self::clock_regions`], in order.
+    ///
+    /// With a node-fault handle (`amisim dev`, the in-process lab) the handle already leaves
+    /// out the nodes that are down or paused, so any failure is an error. Without one (a
+    /// stand-alone coordinator, the lab's processes mode) the coordinator cannot tell a
+    /// crashed region from a broken one: a region that does not answer (`UNAVAILABLE` or the
+    /// call timeout) is left out of the answer with a warning, so the clocks of the others
+    /// still move; when no region answers, the call fails.
+    async fn each_clock<F, Fut>(&self, call: F) -> Result<Vec<RegionClock>, Status>
+    where
+        F: Fn(crate::operator::OperatorRegionClient) -> Fut,
+        Fut: std::future::Future<
+            Output = Result<Response<amisim_proto::GetRegionInfoResponse>, Status>,
+        >,
+    {
+        let regions = self.clock_regions();
+        let lenient = self.faults.is_none();
         let mut out = Vec::new();
-        for (region, _) in self.clock_regions() {
+        let mut skipped: Option<Status> = None;
+        for (region, _) in &regions {
             let region = region.as_str();
-            let mut client = self.direct_client(region)?;
-            let info = tokio::time::timeout(
-                CLOCK_CALL_TIMEOUT,
-                client.advance_clock(RegionAdvanceClockRequest { by_ms: 0, to_ms }),
-            )
-            .await
-            .map_err(|_| Status::unavailable(format!("region {region} did not answer")))?
-            .map_err(|s| relay(region, s))?
-            .into_inner();
+            let answer =
+                tokio::time::timeout(CLOCK_CALL_TIMEOUT, call(self.direct_client(region)?))
+                    .await
+                    .map_err(|_| Status::unavailable(format!("region {region} did not answer")))
+                    .and_then(|r| r.map_err(|s| relay(region, s)));
+            let info = match answer {
+                Ok(r) => r.into_inner(),
+                Err(s) if lenient && s.code() == tonic::Code::Unavailable => {
+                    tracing::warn!(target: "amisim::chaos", region, error = %s.message(),
+                        "region unreachable: its clock is left out");
+                    skipped = Some(s);
+                    continue;
+                }
+                Err(s) => return Err(s),
+            };
             out.push(RegionClock {
                 region: region.to_string(),
                 now_ms: info.sim_time_ms,
@@ -203,7 +216,10 @@ impl ChaosControl {
                 virtual_clock: info.virtual_clock,
             });
         }
-        Ok(out)
+        match skipped {
+            Some(s) if out.is_empty() => Err(s),
+            _ => Ok(out),
+        }
     }
 
     fn direct_client(&self, region: &str) -> Result<crate::operator::OperatorRegionClient, Status> {
