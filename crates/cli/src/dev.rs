@@ -54,6 +54,19 @@ pub struct DevArgs {
     #[command(flatten)]
     pub sim: SimArgs,
 
+    /// With `--clock virtual`: when no region has written anything for MS milliseconds of wall
+    /// time, move the clock to the next timer (a snapshot completing, an image turning
+    /// available, a copy's transfer ending), so a client can just wait. 0 (the default): only
+    /// `Chaos.AdvanceClock` / `AdvanceToNextTimer` move it. Wall-time idleness is not
+    /// reproducible; experiments (`amisim chaos run`) move the clock themselves.
+    #[arg(
+        long,
+        env = "AMISIM_AUTO_ADVANCE_MS",
+        value_name = "MS",
+        default_value_t = 0
+    )]
+    pub auto_advance: u64,
+
     #[command(flatten)]
     pub links: LinkArgs,
 
@@ -79,6 +92,10 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
         "--regions is empty: name at least one region"
     );
 
+    anyhow::ensure!(
+        args.auto_advance == 0 || args.sim.clock == ClockKind::Virtual,
+        "--auto-advance needs --clock virtual (a scaled clock moves by itself)"
+    );
     let links = args.links.table()?;
     let accounts = args.accounts.load()?;
     // With --seed N, region k (in --regions order) gets N + k, so each can be replayed alone
@@ -146,6 +163,15 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
         seed
     );
     print_links("amisim dev", &links);
+    let auto_advance = (args.auto_advance > 0)
+        .then(|| cluster.auto_advance(Duration::from_millis(args.auto_advance)))
+        .flatten();
+    if auto_advance.is_some() {
+        println!(
+            "amisim dev: auto-advance: the virtual clock jumps to the next timer after {} ms without writes",
+            args.auto_advance
+        );
+    }
     println!("amisim dev: gateway listening on {gateway_addr}");
 
     // Run until a signal, or until a node stops on its own (not through a fault).
@@ -156,6 +182,9 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
         }
         why = cluster.failed() => Some(anyhow::anyhow!(why)),
     };
+    if let Some(task) = auto_advance {
+        task.abort();
+    }
 
     // Coordinator first (no new calls, no saga steps), then the region servers, then the
     // nodes' writers.

@@ -459,6 +459,50 @@ impl Cluster {
         }
     }
 
+    /// Moves the shared virtual clock to the next timer whenever the cluster is idle (issue 6:
+    /// "or automatically to the next timer when the system is idle"): when no running region's
+    /// head has moved for `quiet_for` of wall time and some running, unpaused region has a
+    /// timer due after the clock's now, the clock jumps to the earliest such timer (on the
+    /// shared base, so a skewed region's timer is taken at base = due − skew). Nothing else
+    /// moves it, and a call in flight resets the quiet time once it writes. In-process virtual
+    /// mode only (`None` otherwise); the task ends with the cluster. Wall-time idleness is not
+    /// reproducible: the experiment runner moves the clock itself instead.
+    pub fn auto_advance(&self, quiet_for: Duration) -> Option<tokio::task::JoinHandle<()>> {
+        let clock = self.inner.virtual_clock.clone()?;
+        let weak = Arc::downgrade(&self.inner);
+        let tick = (quiet_for / 4).max(Duration::from_millis(1));
+        Some(tokio::spawn(async move {
+            let mut last: Option<Vec<u64>> = None;
+            let mut quiet_since = tokio::time::Instant::now();
+            loop {
+                tokio::time::sleep(tick).await;
+                let Some(inner) = weak.upgrade() else { break };
+                if inner.closing.load(Ordering::SeqCst) {
+                    break;
+                }
+                let (heads, next_due) = inner.idle_view();
+                drop(inner);
+                if last.as_ref() != Some(&heads) {
+                    last = Some(heads);
+                    quiet_since = tokio::time::Instant::now();
+                    continue;
+                }
+                if quiet_since.elapsed() < quiet_for {
+                    continue;
+                }
+                if let Some(due) = next_due.filter(|due| *due > amisim_chaos::Clock::now_ms(&clock))
+                {
+                    tracing::debug!(
+                        to_ms = due,
+                        "idle: moving the virtual clock to the next timer"
+                    );
+                    clock.set(due);
+                    quiet_since = tokio::time::Instant::now();
+                }
+            }
+        }))
+    }
+
     /// An in-process region's clock (skew and pause act on it).
     pub fn region_clock(&self, region: &str) -> Option<SkewedClock> {
         self.inner.region(region)?.clock.get().cloned()
@@ -553,6 +597,39 @@ impl Inner {
     fn coordinator(&self) -> &Node {
         // `start` always pushes the coordinator last.
         &self.nodes[self.nodes.len() - 1]
+    }
+
+    /// For [`Cluster::auto_advance`]: each region's head seq (`u64::MAX` while it is not
+    /// running), and the earliest timer of a running, unpaused region on the shared clock.
+    fn idle_view(&self) -> (Vec<u64>, Option<u64>) {
+        let mut heads = Vec::with_capacity(self.regions.len());
+        let mut next: Option<u64> = None;
+        for name in &self.regions {
+            let Some(node) = self.region(name) else {
+                continue;
+            };
+            let running = match &*node.slot() {
+                Slot::Region(run) => Some(run.node.clone()),
+                _ => None,
+            };
+            let Some(region) = running else {
+                heads.push(u64::MAX);
+                continue;
+            };
+            heads.push(region.head_seq());
+            let Some(clock) = node.clock.get() else {
+                continue;
+            };
+            if clock.is_frozen() {
+                continue;
+            }
+            if let Some(due) = region.state().next_due_ms() {
+                let base_due = (i128::from(due) - i128::from(clock.skew_ms()))
+                    .clamp(0, i128::from(u64::MAX)) as u64;
+                next = Some(next.map_or(base_due, |n| n.min(base_due)));
+            }
+        }
+        (heads, next)
     }
 
     fn region(&self, name: &str) -> Option<&Node> {

@@ -417,3 +417,71 @@ async fn a_skewed_region_reads_the_shared_clock_plus_its_skew() {
     assert_eq!(e.code(), tonic::Code::InvalidArgument);
     cluster.shutdown().await.expect("shutdown");
 }
+
+/// Auto-advance (`amisim dev --clock virtual --auto-advance MS`): a volume's creating →
+/// available timer fires with nobody moving the clock, and the clock lands exactly on it.
+/// Without auto-advance the same volume stays `creating` (the clock never moves by itself).
+#[tokio::test(flavor = "multi_thread")]
+async fn an_idle_cluster_moves_its_virtual_clock_to_the_next_timer() {
+    let state = |ec2: Ec2Client<Channel>, id: String| async move {
+        let mut ec2 = ec2;
+        ec2.describe_volumes(req(
+            DescribeVolumesRequest {
+                volume_ids: vec![id],
+                ..Default::default()
+            },
+            "us-east-1",
+        ))
+        .await
+        .expect("describe")
+        .into_inner()
+        .volumes
+        .first()
+        .map(|v| v.state.clone())
+        .expect("the volume")
+    };
+
+    // Without auto-advance: still creating after a while.
+    let (_dir, cluster) = start(&["us-east-1"], ClusterClock::Virtual { start_ms: T0 }).await;
+    let ec2 = Ec2Client::new(channel(&cluster.gateway_url()));
+    let id = ec2
+        .clone()
+        .create_volume(req(volume("us-east-1"), "us-east-1"))
+        .await
+        .expect("create")
+        .into_inner()
+        .volume_id;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(state(ec2.clone(), id).await, "creating");
+    assert_eq!(cluster.virtual_clock().expect("virtual").now_ms(), T0);
+    cluster.shutdown().await.expect("shutdown");
+
+    // With it: available, and the clock stopped at the timer, not past it.
+    let (_dir, cluster) = start(&["us-east-1"], ClusterClock::Virtual { start_ms: T0 }).await;
+    let task = cluster
+        .auto_advance(Duration::from_millis(20))
+        .expect("in-process virtual mode");
+    let ec2 = Ec2Client::new(channel(&cluster.gateway_url()));
+    let id = ec2
+        .clone()
+        .create_volume(req(volume("us-east-1"), "us-east-1"))
+        .await
+        .expect("create")
+        .into_inner()
+        .volume_id;
+    let due = cluster
+        .region_node("us-east-1")
+        .expect("running")
+        .state()
+        .next_due_ms()
+        .expect("the volume's timer");
+    assert!(due > T0);
+    POLL.eventually("the volume available", Duration::from_secs(10), || {
+        let (ec2, id) = (ec2.clone(), id.clone());
+        async move { (state(ec2, id).await == "available").then_some(()) }
+    })
+    .await;
+    assert_eq!(cluster.virtual_clock().expect("virtual").now_ms(), due);
+    task.abort();
+    cluster.shutdown().await.expect("shutdown");
+}
