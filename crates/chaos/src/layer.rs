@@ -166,6 +166,15 @@ fn ms(v: u64) -> Duration {
     Duration::from_millis(v)
 }
 
+/// Waits `v` ms; no wait at all for 0. (A zero `tokio::time::sleep` still waits for the
+/// timer's next tick, up to 1 ms: on a clean link that was 1 ms per direction of every call
+/// through the gateway and of every saga step.)
+async fn delay(v: u64) {
+    if v > 0 {
+        tokio::time::sleep(ms(v)).await;
+    }
+}
+
 impl<S, B> tower::Service<http::Request<B>> for ChaosService<S>
 where
     S: tower::Service<http::Request<B>, Response = http::Response<Body>> + Clone + Send + 'static,
@@ -191,7 +200,7 @@ where
         let d = link.draw();
         Box::pin(async move {
             if d.up.partitioned || d.up_lost {
-                tokio::time::sleep(ms(d.up.timeout_ms)).await;
+                delay(d.up.timeout_ms).await;
                 let why = if d.up.partitioned {
                     "partitioned"
                 } else {
@@ -199,11 +208,11 @@ where
                 };
                 return Ok(link.failure(why));
             }
-            tokio::time::sleep(ms(d.up_latency)).await;
+            delay(d.up_latency).await;
             let resp = inner.call(req).await?;
             let down = link.down();
             if down.partitioned || d.down_lost {
-                tokio::time::sleep(ms(down.timeout_ms)).await;
+                delay(down.timeout_ms).await;
                 let why = if down.partitioned {
                     "partitioned (answer)"
                 } else {
@@ -211,7 +220,7 @@ where
                 };
                 return Ok(link.failure(why));
             }
-            tokio::time::sleep(ms(d.down_latency)).await;
+            delay(d.down_latency).await;
             Ok(resp.map(|body| {
                 Body::new(ChaosBody {
                     inner: body,
@@ -401,6 +410,19 @@ mod tests {
         }
         assert!((60..=140).contains(&failed), "{failed}");
         assert_eq!(region.calls.load(Ordering::SeqCst), 200 - failed);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_clean_link_adds_no_wait_at_all() {
+        // Not even a timer tick: with the clock paused between two ticks, any sleep (a zero one
+        // too: the timer rounds its deadline up to the next millisecond) would move it.
+        let (_, region, mut svc) = setup("coordinator:us-east-1=0,1 us-east-1:coordinator=0,1");
+        tokio::time::advance(Duration::from_micros(500)).await;
+        let t0 = tokio::time::Instant::now();
+        let r = call(&mut svc).await;
+        assert_eq!(grpc_status(&r), None);
+        assert_eq!(region.calls.load(Ordering::SeqCst), 1);
+        assert_eq!(t0.elapsed(), Duration::ZERO);
     }
 
     #[tokio::test(start_paused = true)]

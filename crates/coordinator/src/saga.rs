@@ -64,11 +64,52 @@ use crate::follower::Backoff;
 use crate::gateway::{RegionRoutes, REQUEST_ID_HEADER};
 use crate::projection::{Projection, ProjectionSnapshot};
 
-/// The driver looks at the projection at most this often (a look walks every copy of every
-/// region). Short, because it is latency a copy pays: a copy requested just after a look
-/// waits out the rest of the interval before its saga starts (at 10 ms this was most of what
-/// a cross-region copy added to its simulated transfer time, docs/performance.md).
+/// The driver looks at the projection at most once per this interval on average (a look walks
+/// every copy of every region), with bursts of up to [`LOOK_BURST`] looks: see [`LookBudget`].
 const MIN_LOOK_INTERVAL: Duration = Duration::from_millis(2);
+/// Looks the driver may take back to back before [`MIN_LOOK_INTERVAL`] paces it.
+const LOOK_BURST: f64 = 8.0;
+
+/// Paces the driver's looks at the projection: a token bucket that refills one look per
+/// [`MIN_LOOK_INTERVAL`] and holds at most [`LOOK_BURST`].
+///
+/// A burst of publications (a catch-up, heavy load) still costs at most one look per interval,
+/// but a copy requested just after an unrelated look (say, the previous copy turning available)
+/// is looked at at once: with a plain "one look per interval" it waited out the rest of the
+/// interval plus the timer's rounding, ~2 ms that every copy paid in `bench --copy-completion`.
+#[derive(Debug, Clone)]
+struct LookBudget {
+    tokens: f64,
+    at: Instant,
+}
+
+impl LookBudget {
+    fn new(now: Instant) -> Self {
+        LookBudget {
+            tokens: LOOK_BURST,
+            at: now,
+        }
+    }
+
+    /// How long to wait before the next look at `now` (zero: look now).
+    fn wait(&mut self, now: Instant) -> Duration {
+        let refill =
+            now.saturating_duration_since(self.at).as_secs_f64() / MIN_LOOK_INTERVAL.as_secs_f64();
+        self.tokens = (self.tokens + refill).min(LOOK_BURST);
+        self.at = now;
+        if self.tokens >= 1.0 {
+            Duration::ZERO
+        } else {
+            MIN_LOOK_INTERVAL.mul_f64(1.0 - self.tokens)
+        }
+    }
+
+    /// Takes one look's token (after [`LookBudget::wait`] said zero, or once its wait is over).
+    fn take(&mut self, now: Instant) {
+        let _ = self.wait(now);
+        self.tokens = (self.tokens - 1.0).max(0.0);
+    }
+}
 
 /// How the saga driver runs. The defaults suit a local cluster and tests.
 #[derive(Debug, Clone)]
@@ -390,22 +431,20 @@ impl Driver {
             .config
             .recheck_after
             .max(Duration::from_millis(100));
-        let mut last_look: Option<Instant> = None;
+        let mut budget = LookBudget::new(Instant::now());
         loop {
-            // Bursts of publications (a catch-up, heavy load) are coalesced: at most one look
-            // at the projection per MIN_LOOK_INTERVAL.
-            if let Some(next) = last_look.map(|at| at + MIN_LOOK_INTERVAL) {
-                if Instant::now() < next {
-                    tokio::select! {
-                        biased;
-                        _ = stopped(&mut self.shutdown) => break,
-                        _ = tokio::time::sleep_until(next) => {}
-                    }
+            // Bursts of publications (a catch-up, heavy load) are coalesced: see LookBudget.
+            let wait = budget.wait(Instant::now());
+            if !wait.is_zero() {
+                tokio::select! {
+                    biased;
+                    _ = stopped(&mut self.shutdown) => break,
+                    _ = tokio::time::sleep(wait) => {}
                 }
             }
+            budget.take(Instant::now());
             changes.borrow_and_update();
             self.schedule();
-            last_look = Some(Instant::now());
             tokio::select! {
                 biased;
                 _ = stopped(&mut self.shutdown) => break,
@@ -789,6 +828,31 @@ mod tests {
     fn copies_get_distinct_jitter_streams() {
         assert_ne!(copy_seed(1, "copy-a"), copy_seed(1, "copy-b"));
         assert_eq!(copy_seed(1, "copy-a"), copy_seed(1, "copy-a"));
+    }
+
+    #[test]
+    fn looks_come_at_once_in_bursts_then_one_per_interval() {
+        let t0 = Instant::now();
+        let mut b = LookBudget::new(t0);
+        for _ in 0..LOOK_BURST as usize {
+            assert_eq!(b.wait(t0), Duration::ZERO);
+            b.take(t0);
+        }
+        // The burst is spent: the next look waits one interval, then one per interval.
+        assert_eq!(b.wait(t0), MIN_LOOK_INTERVAL);
+        let half = t0 + MIN_LOOK_INTERVAL / 2;
+        assert_eq!(b.wait(half), MIN_LOOK_INTERVAL / 2);
+        let t1 = t0 + MIN_LOOK_INTERVAL;
+        assert_eq!(b.wait(t1), Duration::ZERO);
+        b.take(t1);
+        assert_eq!(b.wait(t1), MIN_LOOK_INTERVAL);
+        // A quiet spell refills the burst, never beyond it.
+        let later = t1 + MIN_LOOK_INTERVAL * 1000;
+        for _ in 0..LOOK_BURST as usize {
+            assert_eq!(b.wait(later), Duration::ZERO);
+            b.take(later);
+        }
+        assert!(!b.wait(later).is_zero());
     }
 
     #[test]
