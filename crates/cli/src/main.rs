@@ -21,6 +21,12 @@
 //!
 //! Every flag has an `AMISIM_*` environment fallback (shown in `--help`).
 
+/// mimalloc instead of glibc's malloc: under load the node allocates on one thread and frees on
+/// another (requests, events, records), where glibc's arenas spent ~25 % of all CPU
+/// (`malloc_consolidate`, `unlink_chunk`; docs/performance.md).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 mod accounts;
 mod audit;
 mod bench;

@@ -19,10 +19,14 @@
 //!
 //! # Layout
 //!
-//! - [`SledLog`]: the durable log. One sled database per region directory, one sled tree
-//!   ([`EVENTS_TREE`]) whose keys are the big-endian `u64` seq (so key order is seq order) and
-//!   whose values are the protobuf encoding of the full, stamped [`Event`] (hash included). Any
-//!   language with the `.proto` files can read the values; stored bytes are never reinterpreted.
+//! - [`SledLog`]: the durable log. One sled database per region directory. A new log is
+//!   [`Layout::Batched`] (ADR 0011): one tree ([`BATCHES_TREE`]) whose keys are the big-endian
+//!   `u64` seq of a value's last event (so key order is seq order) and whose values are
+//!   [`amisim_proto::EventBatch`]es, the protobuf encodings of the full, stamped [`Event`]s
+//!   (hash included) of a run of one append, at most ~7 KiB each. A log created before batches
+//!   is [`Layout::PerEvent`] and stays so: tree [`EVENTS_TREE`], key = seq, value = one event.
+//!   Any language with the `.proto` files can read the values; stored bytes are never
+//!   reinterpreted.
 //! - [`MemoryLog`]: the same contract in memory, for tests and experiments.
 //! - [`tail`]: a stream of every event from a seq on, catch-up then live, for any [`EventLog`].
 //! - [`hash_event`], [`verify_events`], [`ChainVerifier`]: the chain rules, shared by the logs
@@ -30,7 +34,7 @@
 //!
 //! # Durability
 //!
-//! [`SledLog::append`](EventLog::append) writes the whole batch with one sled `Batch`
+//! [`SledLog::append`](EventLog::append) writes the whole append with one sled `Batch`
 //! (`apply_batch`, atomic: after a crash either all of it or none of it is recovered), then makes
 //! it durable with **one** flush for the whole batch (group commit), and only then publishes the
 //! new head to readers and to [`EventLog::subscribe_head`] watchers. Readers never see beyond the
@@ -70,7 +74,7 @@ pub use amisim_proto::Event;
 pub use chain::{hash_event, verify_events, ChainVerifier};
 pub use error::LogError;
 pub use memory::MemoryLog;
-pub use sled_log::{SledLog, SledOptions, EVENTS_TREE};
+pub use sled_log::{edit_stored_events, Layout, SledLog, SledOptions, BATCHES_TREE, EVENTS_TREE};
 pub use tail::{tail, TAIL_CHUNK};
 
 /// The hash of "no event": the `prev_hash` of seq 1 and the head hash of an empty log.

@@ -82,6 +82,7 @@ impl StorageConfig {
         amisim_log::SledOptions {
             cache_capacity_bytes: self.sled_cache_mb.saturating_mul(1024 * 1024),
             verify_on_open: false,
+            ..amisim_log::SledOptions::default()
         }
     }
 }

@@ -4,12 +4,13 @@
 
 mod common;
 
+use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
 use amisim_core::{Command, Query};
-use amisim_log::{EventLog, SledLog, SledOptions, EVENTS_TREE};
+use amisim_log::{EventLog, SledLog, SledOptions};
 use amisim_proto::audit_client::AuditClient;
 use amisim_proto::{
     as_of, AsOf, AuditStreamRequest, CreateTagsRequest, DescribeImagesAsOfRequest,
@@ -75,12 +76,9 @@ fn copy_dir(from: &Path, to: &Path) {
     }
 }
 
-/// Opens the copy's events tree with sled directly (as an attacker with disk access would).
-fn tamper(dir: &Path, f: impl FnOnce(&sled::Tree)) {
-    let db = sled::Config::new().path(dir).open().unwrap();
-    let tree = db.open_tree(EVENTS_TREE).unwrap();
-    f(&tree);
-    tree.flush().unwrap();
+/// Edits the copy's stored events directly (as an attacker with disk access would).
+fn tamper(dir: &Path, f: impl FnOnce(&mut BTreeMap<u64, Vec<u8>>)) {
+    amisim_log::edit_stored_events(dir, f).unwrap();
 }
 
 /// What an offline auditor runs (`amisim audit verify`), pinning the exported public key.
@@ -96,10 +94,6 @@ fn offline_verify(dir: &Path, public_key: &str) -> VerifyReport {
     let digests = audit::read_digests(dir).unwrap();
     let key = audit::parse_public_key(public_key).unwrap();
     verify_log(&log, &digests, Some(&key)).unwrap()
-}
-
-fn key(seq: u64) -> [u8; 8] {
-    seq.to_be_bytes()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -118,7 +112,7 @@ async fn tampering_is_detected_with_the_right_seq() {
         "every {DIGEST_EVERY} events and at shutdown"
     );
 
-    let case = |name: &str, f: &dyn Fn(&sled::Tree)| {
+    let case = |name: &str, f: &dyn Fn(&mut BTreeMap<u64, Vec<u8>>)| {
         let dir = tmp.path().join(name);
         copy_dir(&original, &dir);
         tamper(&dir, f);
@@ -131,31 +125,30 @@ async fn tampering_is_detected_with_the_right_seq() {
     assert_eq!(intact.digests_checked, 3);
 
     let flipped = case("flip", &|t| {
-        let mut v = t.get(key(7)).unwrap().unwrap().to_vec();
+        let v = t.get_mut(&7).unwrap();
         let mid = v.len() / 2;
         v[mid] ^= 0x01;
-        t.insert(key(7), v).unwrap();
     });
     assert_eq!(flipped.first_bad_seq, Some(7), "{flipped:?}");
 
     let deleted = case("delete", &|t| {
-        t.remove(key(7)).unwrap();
+        t.remove(&7).unwrap();
     });
     assert_eq!(deleted.first_bad_seq, Some(7), "{deleted:?}");
     assert!(deleted.reason.contains("missing"), "{deleted:?}");
 
     let swapped = case("swap", &|t| {
-        let a = t.get(key(6)).unwrap().unwrap();
-        let b = t.get(key(7)).unwrap().unwrap();
-        t.insert(key(6), b).unwrap();
-        t.insert(key(7), a).unwrap();
+        let a = t.remove(&6).unwrap();
+        let b = t.remove(&7).unwrap();
+        t.insert(6, b);
+        t.insert(7, a);
     });
     assert_eq!(swapped.first_bad_seq, Some(6), "{swapped:?}");
 
     // A cut-off tail is a valid chain: only the signed digests show it.
     let truncated = case("truncate", &|t| {
         for seq in 9..=head {
-            t.remove(key(seq)).unwrap();
+            t.remove(&seq).unwrap();
         }
     });
     assert_eq!(truncated.first_bad_seq, Some(9), "{truncated:?}");
@@ -170,18 +163,16 @@ async fn tampering_is_detected_with_the_right_seq() {
     // contradicts the digest at seq 10.
     let rewritten = case("rewrite", &|t| {
         use prost::Message;
-        let mut prev: Vec<u8> = amisim_proto::Event::decode(&*t.get(key(7)).unwrap().unwrap())
-            .unwrap()
-            .hash;
+        let mut prev: Vec<u8> = amisim_proto::Event::decode(&*t[&7]).unwrap().hash;
         for seq in 8..=head {
-            let mut e = amisim_proto::Event::decode(&*t.get(key(seq)).unwrap().unwrap()).unwrap();
+            let mut e = amisim_proto::Event::decode(&*t[&seq]).unwrap();
             if seq == 8 {
                 e.account_id = OTHER.into();
             }
             e.prev_hash = prev.clone();
             e.hash = amisim_log::hash_event(&prev, &e).to_vec();
             prev = e.hash.clone();
-            t.insert(key(seq), e.encode_to_vec()).unwrap();
+            t.insert(seq, e.encode_to_vec());
         }
     });
     assert_eq!(rewritten.first_bad_seq, Some(10), "{rewritten:?}");

@@ -9,7 +9,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use amisim_log::{EventLog, SledLog, SledOptions, EVENTS_TREE};
+use amisim_log::{EventLog, SledLog, SledOptions};
 use amisim_proto::audit_client::AuditClient;
 use amisim_proto::{
     ListDigestsRequest, LookupAttribute, LookupEventsRequest, ResolvePointRequest, VerifyLogRequest,
@@ -117,17 +117,12 @@ async fn a_truncated_request_log_is_detected_by_its_signed_digests() {
     assert_eq!(intact.head.seq, 10);
 
     // given: an attacker cuts the last 3 records (a valid chain, seqs 1..=7)
-    {
-        let db = sled::Config::new()
-            .path(dir.join(audit::REQUESTS_DIR))
-            .open()
-            .unwrap();
-        let tree = db.open_tree(EVENTS_TREE).unwrap();
+    amisim_log::edit_stored_events(&dir.join(audit::REQUESTS_DIR), |events| {
         for seq in 8..=10u64 {
-            tree.remove(seq.to_be_bytes()).unwrap();
+            events.remove(&seq).unwrap();
         }
-        tree.flush().unwrap();
-    }
+    })
+    .unwrap();
     let cut_log = open_when_free(&requests_dir).await;
     assert_eq!(
         cut_log.verify().unwrap().seq,

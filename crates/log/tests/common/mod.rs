@@ -3,7 +3,7 @@
 
 use std::path::Path;
 
-use amisim_log::{Event, EventLog, LogError, SledLog, SledOptions, EVENTS_TREE};
+use amisim_log::{Event, EventLog, Layout, LogError, SledLog, SledOptions, EVENTS_TREE};
 use amisim_proto::{event::Payload, EventRef, ImageAvailable, ImageRegistered, SnapshotCompleted};
 
 /// An unstamped event, varied by `i` (different payloads and sizes).
@@ -57,9 +57,24 @@ pub fn corrupt_seq<T: std::fmt::Debug>(r: Result<T, LogError>) -> u64 {
     }
 }
 
-/// Creates a sled log in `dir` with events 1..=n (appended in batches of 3), then closes it.
+/// Options that create a log in the per-event layout (one value per event, the layout of logs
+/// written before batches; still opened and appended to).
+pub fn per_event() -> SledOptions {
+    SledOptions {
+        new_layout: Layout::PerEvent,
+        ..SledOptions::default()
+    }
+}
+
+/// Creates a sled log in `dir` in the per-event layout (the raw-tree tests below edit its
+/// [`EVENTS_TREE`] value by value) with events 1..=n (appended in batches of 3), then closes it.
 pub fn build_sled(dir: &Path, n: u64) {
-    let log = SledLog::open(dir, SledOptions::default()).unwrap();
+    build_sled_with(dir, n, per_event());
+}
+
+/// As [`build_sled`], with `opts` (e.g. the default, batched layout).
+pub fn build_sled_with(dir: &Path, n: u64, opts: SledOptions) {
+    let log = SledLog::open(dir, opts).unwrap();
     let mut i = 1;
     while i <= n {
         let k = 3.min(n - i + 1);
@@ -69,8 +84,13 @@ pub fn build_sled(dir: &Path, n: u64) {
     assert_eq!(log.head().seq, n);
 }
 
-/// Opens the log directory with sled directly, runs `f` on the events tree, flushes, closes.
+/// Opens the log directory with sled directly, runs `f` on the per-event tree, flushes, closes.
 pub fn with_raw_tree(dir: &Path, f: impl FnOnce(&sled::Tree)) {
+    with_raw_tree_named(dir, EVENTS_TREE, f)
+}
+
+/// As [`with_raw_tree`] on the tree called `name`.
+pub fn with_raw_tree_named(dir: &Path, name: &str, f: impl FnOnce(&sled::Tree)) {
     // sled 0.34 may release the lock of a just-closed database a little late (see SledLog::open).
     let started = std::time::Instant::now();
     let db = loop {
@@ -83,7 +103,7 @@ pub fn with_raw_tree(dir: &Path, f: impl FnOnce(&sled::Tree)) {
             Err(e) => panic!("raw sled open: {e}"),
         }
     };
-    let tree = db.open_tree(EVENTS_TREE).unwrap();
+    let tree = db.open_tree(name).unwrap();
     f(&tree);
     tree.flush().unwrap();
 }
