@@ -13,6 +13,9 @@ use prost::Message;
 
 const N: u64 = 10;
 
+/// The stored events of a log by seq, as protobuf bytes.
+type StoredEvents = std::collections::BTreeMap<u64, Vec<u8>>;
+
 fn open_err_seq(dir: &std::path::Path) -> u64 {
     corrupt_seq(SledLog::open(dir, SledOptions::default()))
 }
@@ -138,7 +141,7 @@ fn both_trees_holding_events_is_refused() {
 #[test]
 fn tampering_with_a_batched_log_is_found_at_its_seq() {
     let tmp = tempfile::tempdir().unwrap();
-    let case = |name: &str, f: &dyn Fn(&mut std::collections::BTreeMap<u64, Vec<u8>>)| {
+    let case = |name: &str, f: &dyn Fn(&mut StoredEvents)| {
         let dir = tmp.path().join(name);
         build_sled_with(&dir, N, SledOptions::default());
         assert_eq!(edit_stored_events(&dir, f).unwrap(), Layout::Batched);

@@ -77,7 +77,10 @@ fn copy_dir(from: &Path, to: &Path) {
 }
 
 /// Edits the copy's stored events directly (as an attacker with disk access would).
-fn tamper(dir: &Path, f: impl FnOnce(&mut BTreeMap<u64, Vec<u8>>)) {
+/// The stored events of a log by seq, as protobuf bytes.
+type StoredEvents = BTreeMap<u64, Vec<u8>>;
+
+fn tamper(dir: &Path, f: impl FnOnce(&mut StoredEvents)) {
     amisim_log::edit_stored_events(dir, f).unwrap();
 }
 
@@ -112,7 +115,7 @@ async fn tampering_is_detected_with_the_right_seq() {
         "every {DIGEST_EVERY} events and at shutdown"
     );
 
-    let case = |name: &str, f: &dyn Fn(&mut BTreeMap<u64, Vec<u8>>)| {
+    let case = |name: &str, f: &dyn Fn(&mut StoredEvents)| {
         let dir = tmp.path().join(name);
         copy_dir(&original, &dir);
         tamper(&dir, f);
