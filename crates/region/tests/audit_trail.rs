@@ -25,7 +25,7 @@ fn call(name: &'static str, time_ms: u64, i: u64) -> ApiCall {
         event_name: name,
         account_id: Some(OWNER.into()),
         request_id: format!("req-{i}"),
-        request_parameters: serde_json::json!({"imageId": format!("ami-{i:017x}")}),
+        request_parameters: serde_json::json!({"imageId": format!("ami-{i:017x}")}).into(),
         time_ms,
         ..ApiCall::default()
     }

@@ -649,7 +649,7 @@ mod tests {
                     read_only: i % 2 == 0,
                     account_id: Some("123456789012".into()),
                     request_id: format!("req-{i}"),
-                    request_parameters: json!({}),
+                    request_parameters: json!({}).into(),
                     time_ms: i * 1000,
                     ..ApiCall::default()
                 };
