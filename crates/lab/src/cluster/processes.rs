@@ -105,6 +105,7 @@ fn args(inner: &Inner, node: &Node) -> Result<Vec<String>, LabError> {
                 "--record-reads".into(),
                 spec.record_reads.to_string(),
             ]);
+            a.extend(storage_args(&spec.storage));
             match spec.clock {
                 ClusterClock::Scaled(s) => a.extend(["--time-scale".into(), s.to_string()]),
                 ClusterClock::Virtual { .. } => a.extend(["--clock".into(), "virtual".into()]),
@@ -133,6 +134,18 @@ fn args(inner: &Inner, node: &Node) -> Result<Vec<String>, LabError> {
         a.extend(["--accounts".into(), f.display().to_string()]);
     }
     Ok(a)
+}
+
+/// The storage flags of a region child: the same sled cache and checkpoint interval as an
+/// in-process node of the same spec (`amisim region` keeps its checkpoints in
+/// `DATA/checkpoints`).
+fn storage_args(storage: &amisim_region::StorageConfig) -> Vec<String> {
+    vec![
+        "--sled-cache-mb".into(),
+        storage.sled_cache_mb.to_string(),
+        "--checkpoint-every".into(),
+        storage.checkpoint_every.to_string(),
+    ]
 }
 
 /// Spawns `node`'s child and waits for its `listening on` line.
@@ -228,4 +241,22 @@ pub(crate) async fn stop(node: &Node, mut run: ChildRun, clean: bool) -> Result<
         ));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn region_children_get_the_specs_storage_flags() {
+        let storage = amisim_region::StorageConfig {
+            sled_cache_mb: 8,
+            checkpoint_every: 5_000,
+            checkpoint_dir: None,
+        };
+        assert_eq!(
+            storage_args(&storage),
+            ["--sled-cache-mb", "8", "--checkpoint-every", "5000"]
+        );
+    }
 }
