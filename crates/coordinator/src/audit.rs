@@ -36,7 +36,11 @@
 //!   signs with its own key; the coordinator adds nothing it could not vouch for).
 //!
 //! A region that cannot be reached fails the call (UNAVAILABLE, `RegionUnavailable`, naming the
-//! region): an audit answer that silently left a region out would be worse than none.
+//! region): an audit answer that silently left a region out would be worse than none. A merged
+//! stream whose node stream breaks once it is open (the node restarted, was killed or cut off)
+//! reopens that region's stream by itself from the seq after the last event it received, for up
+//! to a minute of failures in a row ([`run_lane`]); only then it ends with UNAVAILABLE and the
+//! `from_seqs` to resume from.
 //!
 //! # Authentication
 //!
@@ -369,17 +373,12 @@ impl CoordinatorAudit {
         let mut receivers: Vec<(String, mpsc::Receiver<Result<Event, Status>>)> = Vec::new();
         for (region, start, _) in &lanes {
             let mut client = self.client(region, &call)?;
-            let req = call.forward(AuditStreamRequest {
-                from: Some(AsOf {
-                    point: Some(Point::Seq(*start)),
-                }),
-                // The merge decides where a stream without `follow` ends.
-                follow: true,
-                region: region.clone(),
-                ..Default::default()
-            });
-            let opened = tokio::time::timeout(CALL_TIMEOUT, client.stream_events(req)).await;
-            let mut stream = match opened {
+            let opened = tokio::time::timeout(
+                CALL_TIMEOUT,
+                client.stream_events(lane_request(&call, region, *start)),
+            )
+            .await;
+            let stream = match opened {
                 Ok(Ok(s)) => s.into_inner(),
                 Ok(Err(s)) => return Err(call.region_failed(region, s)),
                 Err(_) => {
@@ -391,22 +390,14 @@ impl CoordinatorAudit {
                 }
             };
             let (tx, rx) = mpsc::channel(LANE_CAPACITY);
-            let name = region.clone();
-            tokio::spawn(async move {
-                loop {
-                    let item = match stream.message().await {
-                        Ok(Some(e)) => Ok(e),
-                        Ok(None) => Err(Status::unavailable(format!(
-                            "region {name} ended its event stream"
-                        ))),
-                        Err(s) => Err(s),
-                    };
-                    let last = item.is_err();
-                    if tx.send(item).await.is_err() || last {
-                        return;
-                    }
-                }
-            });
+            tokio::spawn(run_lane(
+                region.clone(),
+                client,
+                call.clone(),
+                stream,
+                *start,
+                tx,
+            ));
             receivers.push((region.clone(), rx));
         }
         tracing::info!(rpc = "StreamEvents", request_id = %call.request_id,
@@ -457,6 +448,92 @@ impl CoordinatorAudit {
             }
         });
         Ok(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx)))
+    }
+}
+
+/// How long a region's lane of a merged stream keeps reopening a broken node stream (a node
+/// restarting, a partition) before it gives up and ends the merged stream with UNAVAILABLE and
+/// the `from_seqs` to resume from.
+const LANE_RECONNECT_FOR: Duration = Duration::from_secs(60);
+/// First and largest wait between two reopenings of a lane.
+const LANE_BACKOFF: (Duration, Duration) = (Duration::from_millis(50), Duration::from_secs(2));
+
+/// The request of a merge lane: `region`'s events from `seq` on, followed (the merge decides
+/// where a stream without `follow` ends).
+fn lane_request(call: &Call, region: &str, seq: u64) -> Request<AuditStreamRequest> {
+    call.forward(AuditStreamRequest {
+        from: Some(AsOf {
+            point: Some(Point::Seq(seq)),
+        }),
+        follow: true,
+        region: region.to_string(),
+        ..Default::default()
+    })
+}
+
+/// One region's lane of a merged stream: forwards the node's events to the merge and, when the
+/// node's stream breaks or ends (the node restarted, was killed, a link failed), reopens it from
+/// the seq after the last event forwarded, with backoff, for up to [`LANE_RECONNECT_FOR`] of
+/// failures in a row; only then the lane ends with the last error (the merge turns it into
+/// UNAVAILABLE with the seqs to resume from). The merge ignores duplicates, so a reopened
+/// stream needs no exact position.
+async fn run_lane(
+    region: String,
+    mut client: NodeAudit,
+    call: Call,
+    stream: tonic::Streaming<Event>,
+    start: u64,
+    tx: mpsc::Sender<Result<Event, Status>>,
+) {
+    let mut stream = Some(stream);
+    let mut next_seq = start;
+    let mut failing_since: Option<tokio::time::Instant> = None;
+    let mut backoff = LANE_BACKOFF.0;
+    loop {
+        let broke = match stream.as_mut() {
+            Some(s) => match s.message().await {
+                Ok(Some(e)) => {
+                    next_seq = next_seq.max(e.seq.saturating_add(1));
+                    failing_since = None;
+                    backoff = LANE_BACKOFF.0;
+                    if tx.send(Ok(e)).await.is_err() {
+                        return;
+                    }
+                    continue;
+                }
+                Ok(None) => Status::unavailable(format!("region {region} ended its event stream")),
+                Err(s) => s,
+            },
+            None => {
+                Status::unavailable(format!("region {region}: the event stream did not reopen"))
+            }
+        };
+        stream = None;
+        let since = *failing_since.get_or_insert_with(tokio::time::Instant::now);
+        if since.elapsed() >= LANE_RECONNECT_FOR {
+            tracing::warn!(region = %region, next_seq, error = %broke.message(),
+                "merged audit stream: the region's event stream stayed broken; ending the stream");
+            let _ = tx.send(Err(broke)).await;
+            return;
+        }
+        tracing::info!(region = %region, next_seq, error = %broke.message(),
+            retry_in_ms = backoff.as_millis() as u64,
+            "merged audit stream: the region's event stream broke; reopening it");
+        tokio::select! {
+            () = tokio::time::sleep(backoff) => {}
+            () = tx.closed() => return,
+        }
+        backoff = (backoff * 2).min(LANE_BACKOFF.1);
+        let reopened = tokio::select! {
+            r = tokio::time::timeout(CALL_TIMEOUT, client.stream_events(lane_request(&call, &region, next_seq))) => r,
+            () = tx.closed() => return,
+        };
+        if let Ok(Ok(s)) = reopened {
+            // Open again: the next break starts a new spell of failures (the backoff stays
+            // grown until an event comes through).
+            stream = Some(s.into_inner());
+            failing_since = None;
+        }
     }
 }
 
@@ -573,6 +650,7 @@ async fn run_merge(
 }
 
 /// What one call carries: its request id, the metadata passed on to the nodes, its name.
+#[derive(Clone)]
 struct Call {
     request_id: String,
     account: Option<AsciiMetadataValue>,

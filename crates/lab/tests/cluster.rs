@@ -485,3 +485,71 @@ async fn an_idle_cluster_moves_its_virtual_clock_to_the_next_timer() {
     task.abort();
     cluster.shutdown().await.expect("shutdown");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_followed_merged_audit_stream_reopens_a_region_that_restarted() {
+    use amisim_proto::audit_client::AuditClient;
+    use amisim_proto::AuditStreamRequest;
+
+    let (_dir, cluster) = start(&["us-east-1", "eu-west-1"], ClusterClock::Scaled(1000.0)).await;
+    let gateway = channel(&cluster.gateway_url());
+    let mut ec2 = Ec2Client::new(gateway.clone());
+    let mut audit = AuditClient::new(gateway);
+    // given: a followed merged stream of both regions, from their starts
+    let mut stream = audit
+        .stream_events(AuditStreamRequest {
+            follow: true,
+            ..Default::default()
+        })
+        .await
+        .expect("the merged stream opens")
+        .into_inner();
+    let create = |ec2: &mut Ec2Client<Channel>| {
+        let mut ec2 = ec2.clone();
+        async move {
+            ec2.create_volume(req(volume("us-east-1"), "us-east-1"))
+                .await
+                .expect("CreateVolume")
+                .into_inner()
+                .volume_id
+        }
+    };
+    // Reads the stream until a us-east-1 event names `volume`; returns its seq.
+    async fn until_volume(stream: &mut tonic::Streaming<amisim_proto::Event>, volume: &str) -> u64 {
+        loop {
+            let e = tokio::time::timeout(Duration::from_secs(30), stream.message())
+                .await
+                .expect("an event within 30 s")
+                .expect("the merged stream stays open")
+                .expect("the merged stream does not end");
+            if e.region == "us-east-1"
+                && matches!(&e.payload, Some(Payload::VolumeCreated(v)) if v.volume_id == volume)
+            {
+                return e.seq;
+            }
+        }
+    }
+    let first = create(&mut ec2).await;
+    let first_seq = until_volume(&mut stream, &first).await;
+
+    // when: us-east-1 is killed and restarted under the open stream, then written to again
+    let faults = cluster.faults();
+    faults.kill("us-east-1", None).await.expect("kill");
+    faults.restart("us-east-1").await.expect("restart");
+    let second = POLL
+        .eventually("us-east-1 serves again", Duration::from_secs(30), || {
+            let mut ec2 = ec2.clone();
+            async move {
+                ec2.create_volume(req(volume("us-east-1"), "us-east-1"))
+                    .await
+                    .ok()
+                    .map(|r| r.into_inner().volume_id)
+            }
+        })
+        .await;
+
+    // then: the same stream delivers the new volume's event, after the first, once
+    let second_seq = until_volume(&mut stream, &second).await;
+    assert!(second_seq > first_seq, "{second_seq} after {first_seq}");
+    cluster.shutdown().await.expect("shutdown");
+}
