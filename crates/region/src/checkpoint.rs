@@ -264,6 +264,15 @@ pub(crate) struct Checkpointer {
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
+/// Lowers the calling thread's scheduling priority (nice 10, Linux; elsewhere nothing): a
+/// checkpoint serializes the whole projection (hundreds of ms of CPU for 100k images), and at
+/// normal priority it took its share of a 2-core machine from the request path, ~9 % of a
+/// durable RegisterImage load's throughput and ~2 ms of its p99 (docs/performance.md). Niced,
+/// it uses the idle time the request path leaves.
+fn lower_this_threads_priority() {
+    crate::lower_thread_priority(10, "checkpointer");
+}
+
 impl Checkpointer {
     /// Starts the thread: a checkpoint whenever the published state is `every` events past the
     /// last one (`every` 0: only at the end), and one at the end if anything changed.
@@ -278,6 +287,7 @@ impl Checkpointer {
         let thread = std::thread::Builder::new()
             .name(format!("amisim-checkpoint-{}", store.region))
             .spawn(move || {
+                lower_this_threads_priority();
                 let mut last = last_seq;
                 loop {
                     let ending = match stopped.recv_timeout(POLL) {

@@ -64,3 +64,21 @@ pub use node::{replay, replay_to, restore, RegionNode};
 pub use region_service::RegionService;
 pub use server::{serve, MAX_MESSAGE_BYTES};
 pub use writer::{NodeStatus, WriterStatsSnapshot};
+
+/// Lowers the calling thread's scheduling priority to `nice` (Linux; elsewhere nothing), for
+/// background threads whose work no caller waits for (checkpoints, request records): on a
+/// 2-core machine they otherwise take CPU from the request path at the worst moments.
+pub(crate) fn lower_thread_priority(nice: i32, what: &str) {
+    #[cfg(target_os = "linux")]
+    {
+        // SAFETY: setpriority(2) takes plain integers; on Linux `who = 0` with PRIO_PROCESS is
+        // the calling thread.
+        let rc = unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, nice) };
+        if rc != 0 {
+            tracing::debug!(thread = what, error = %std::io::Error::last_os_error(),
+                "cannot lower the thread's priority");
+        }
+    }
+    #[cfg(not(target_os = "linux"))]
+    let _ = (nice, what);
+}

@@ -738,6 +738,8 @@ impl Drain {
     }
 
     fn run(mut self) {
+        // Nobody waits for a record (a flush waits at most for the records before it).
+        crate::lower_thread_priority(5, "request recorder");
         let mut rng = rand::rng();
         while let Some(first) = self.rx.blocking_recv() {
             let lingering_since = std::time::Instant::now();
