@@ -82,3 +82,31 @@ pub(crate) fn lower_thread_priority(nice: i32, what: &str) {
     #[cfg(not(target_os = "linux"))]
     let _ = (nice, what);
 }
+
+#[cfg(all(test, target_os = "linux"))]
+mod priority_tests {
+    #[test]
+    fn a_background_thread_runs_niced_and_the_caller_does_not() {
+        // SAFETY (both calls): getpriority(2) takes plain integers; `who = 0` is this thread.
+        let caller_before = unsafe { libc::getpriority(libc::PRIO_PROCESS, 0) };
+        let niced = std::thread::spawn(|| {
+            let before = unsafe { libc::getpriority(libc::PRIO_PROCESS, 0) };
+            super::lower_thread_priority(7, "test");
+            (before, unsafe { libc::getpriority(libc::PRIO_PROCESS, 0) })
+        })
+        .join()
+        .expect("thread");
+        if niced.0 <= 7 {
+            // Raising a nice value needs no privilege.
+            assert_eq!(niced.1, 7, "{niced:?}");
+        } else {
+            // Lowering one needs CAP_SYS_NICE: either outcome is fine.
+            assert!(niced.1 == 7 || niced.1 == niced.0, "{niced:?}");
+        }
+        assert_eq!(
+            unsafe { libc::getpriority(libc::PRIO_PROCESS, 0) },
+            caller_before,
+            "only the calling thread changes"
+        );
+    }
+}
