@@ -62,6 +62,8 @@ pub struct FollowerConfig {
     pub max_buffered: usize,
     /// Bound on `GetRegionInfo` and on opening the stream (default 5 s).
     pub rpc_timeout: Duration,
+    /// While held, followers ingest nothing (a paused in-process coordinator; default none).
+    pub hold: crate::hold::Hold,
 }
 
 impl Default for FollowerConfig {
@@ -72,6 +74,7 @@ impl Default for FollowerConfig {
             seed: 0,
             max_batch: 1024,
             max_buffered: 100_000,
+            hold: None,
             rpc_timeout: Duration::from_secs(5),
         }
     }
@@ -445,6 +448,12 @@ impl Follower {
                 m = stream.next() => m,
                 _ = stopped(&mut self.shutdown) => return End::Shutdown,
             };
+            // A paused coordinator ingests nothing until it resumes.
+            let mut hold = self.config.hold.clone();
+            tokio::select! {
+                () = crate::hold::while_held(&mut hold) => {}
+                _ = stopped(&mut self.shutdown) => return End::Shutdown,
+            }
             let mut batch: Vec<Event> = Vec::new();
             let mut after: Option<String> = None;
             match first {

@@ -37,6 +37,7 @@ pub mod audit;
 pub mod chaos;
 pub mod follower;
 pub mod gateway;
+pub mod hold;
 pub mod operator;
 pub mod projection;
 pub mod saga;

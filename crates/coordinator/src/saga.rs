@@ -131,6 +131,9 @@ pub struct SagaConfig {
     pub recheck_after: Duration,
     /// How many finished drives [`SagaMonitor::status`] remembers (default 1024).
     pub history: usize,
+    /// While held, the driver neither looks nor steps (a paused in-process coordinator;
+    /// default none).
+    pub hold: crate::hold::Hold,
 }
 
 impl Default for SagaConfig {
@@ -143,6 +146,7 @@ impl Default for SagaConfig {
             max_concurrent: 256,
             recheck_after: Duration::from_secs(30),
             history: 1024,
+            hold: None,
         }
     }
 }
@@ -432,7 +436,14 @@ impl Driver {
             .recheck_after
             .max(Duration::from_millis(100));
         let mut budget = LookBudget::new(Instant::now());
+        let mut hold = self.shared.config.hold.clone();
         loop {
+            // A paused coordinator starts no copy until it resumes.
+            tokio::select! {
+                biased;
+                _ = stopped(&mut self.shutdown) => break,
+                () = crate::hold::while_held(&mut hold) => {}
+            }
             // Bursts of publications (a catch-up, heavy load) are coalesced: see LookBudget.
             let wait = budget.wait(Instant::now());
             if !wait.is_zero() {
@@ -650,6 +661,12 @@ impl Worker {
                     copy_id,
                     handed_off: true,
                 };
+            }
+            // A paused coordinator takes no step until it resumes.
+            let mut hold = self.shared.config.hold.clone();
+            tokio::select! {
+                () = crate::hold::while_held(&mut hold) => {}
+                _ = stopped(&mut self.shutdown) => continue,
             }
             attempts = attempts.saturating_add(1);
             self.shared.update(&copy_id, |d| d.attempts = attempts);

@@ -44,6 +44,9 @@ pub struct CoordinatorConfig {
     /// cluster that restarts its coordinator passes the same one each time: the network's
     /// conditions are not the coordinator's state and survive its crash.
     pub link_control: Option<amisim_chaos::LinkControl>,
+    /// Holds the followers and the saga driver while on (default none): a lab cluster pausing
+    /// this coordinator in process ([`crate::hold`]).
+    pub hold: crate::hold::Hold,
 }
 
 impl Default for CoordinatorConfig {
@@ -56,6 +59,7 @@ impl Default for CoordinatorConfig {
             accounts: None,
             faults: None,
             link_control: None,
+            hold: None,
         }
     }
 }
@@ -86,10 +90,14 @@ pub enum ServerError {
 /// stops the driver and the followers. Needs a tokio runtime.
 pub async fn run_coordinator(
     routes: RegionRoutes,
-    config: CoordinatorConfig,
+    mut config: CoordinatorConfig,
     listener: tokio::net::TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServerError> {
+    if config.hold.is_some() {
+        config.followers.hold = config.hold.clone();
+        config.sagas.hold = config.hold.clone();
+    }
     if routes.is_empty() {
         return Err(ServerError::NoRoutes);
     }

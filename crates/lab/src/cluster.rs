@@ -20,8 +20,9 @@
 //!   **clock skew** can be set live. The coordinator keeps no state: killing it stops its
 //!   server, followers and saga driver; restarting it replays the logs. Its link table
 //!   ([`Cluster::links`]) survives: the network's conditions are not the coordinator's.
-//!   *Limit:* a paused in-process coordinator holds its callers, but its followers and saga
-//!   driver go on (they are not behind its gate).
+//!   A paused in-process coordinator holds its callers at its gate and switches on its hold
+//!   ([`amisim_coordinator::hold`]): its followers ingest nothing and its saga driver takes no
+//!   step until it resumes, as in a stopped process.
 //! - [`ClusterMode::Processes`]: `amisim region` children and one `amisim coordinator` child,
 //!   driven by signals: kill = SIGKILL, pause = SIGSTOP, resume = SIGCONT, restart = spawn again
 //!   with the same flags (same port, same data). Exact (a paused process stops everything), but
@@ -280,6 +281,9 @@ pub(crate) struct Node {
     ops: tokio::sync::Mutex<()>,
     /// Bumped at every kill and restart: a `down_for` timer restarts only its own kill.
     generation: AtomicU64,
+    /// In-process coordinator: on while paused, so its followers and saga driver stand still
+    /// too, as in a stopped process (`amisim_coordinator::hold`).
+    hold: tokio::sync::watch::Sender<bool>,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -297,6 +301,11 @@ enum Slot {
 }
 
 impl Node {
+    /// The coordinator's hold switch (see [`Node::hold`]).
+    pub(crate) fn hold_switch(&self) -> tokio::sync::watch::Receiver<bool> {
+        self.hold.subscribe()
+    }
+
     fn url(&self) -> String {
         format!("http://{}", self.addr)
     }
@@ -577,6 +586,7 @@ fn new_node(
         slot: Mutex::new(Slot::Empty),
         ops: tokio::sync::Mutex::new(()),
         generation: AtomicU64::new(0),
+        hold: tokio::sync::watch::channel(false).0,
     })
 }
 
@@ -755,6 +765,7 @@ impl Inner {
                 if let Some(c) = node.clock.get() {
                     c.freeze();
                 }
+                node.hold.send_replace(true);
             }
         }
         node.set_state(NodeState::Paused);
@@ -806,6 +817,7 @@ impl Inner {
         if let Some(c) = node.clock.get() {
             c.thaw();
         }
+        node.hold.send_replace(false);
         node.generation.fetch_add(1, Ordering::SeqCst);
         self.launch(node).await.map_err(|e| failed(name, e))?;
         {
@@ -855,6 +867,7 @@ fn thaw(node: &Node) -> Result<(), String> {
             Ok(())
         }
         Slot::Coordinator(c) => {
+            node.hold.send_replace(false);
             if let Some(g) = &node.gate {
                 g.open(c.inner_addr);
             }

@@ -553,3 +553,102 @@ async fn a_followed_merged_audit_stream_reopens_a_region_that_restarted() {
     assert!(second_seq > first_seq, "{second_seq} after {first_seq}");
     cluster.shutdown().await.expect("shutdown");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_paused_coordinator_starts_no_copy_until_resumed() {
+    use amisim_core::copy::CopyPhase;
+    use amisim_core::state::{SnapshotState, VolumeState};
+    use amisim_proto::{CopySnapshotRequest, CreateSnapshotRequest};
+
+    let (_dir, cluster) = start(&["us-east-1", "eu-west-1"], ClusterClock::Scaled(1000.0)).await;
+    let us = cluster.region_node("us-east-1").expect("us-east-1");
+    let eu = cluster.region_node("eu-west-1").expect("eu-west-1");
+    let mut us_ec2 = Ec2Client::new(channel(&cluster.region_url("us-east-1").expect("url")));
+    let mut eu_ec2 = Ec2Client::new(channel(&cluster.region_url("eu-west-1").expect("url")));
+    // given: a completed snapshot in us-east-1
+    let vol = us_ec2
+        .create_volume(req(volume("us-east-1"), "us-east-1"))
+        .await
+        .expect("CreateVolume")
+        .into_inner()
+        .volume_id;
+    POLL.eventually("the volume available", Duration::from_secs(30), || {
+        let ok = us
+            .state()
+            .volumes
+            .get(&vol)
+            .is_some_and(|v| v.state == VolumeState::Available);
+        async move { ok.then_some(()) }
+    })
+    .await;
+    let snap = us_ec2
+        .create_snapshot(req(
+            CreateSnapshotRequest {
+                volume_id: vol.clone(),
+                ..Default::default()
+            },
+            "us-east-1",
+        ))
+        .await
+        .expect("CreateSnapshot")
+        .into_inner()
+        .snapshot_id;
+    POLL.eventually("the snapshot completed", Duration::from_secs(30), || {
+        let ok = us
+            .state()
+            .snapshots
+            .get(&snap)
+            .is_some_and(|s| s.state == SnapshotState::Completed);
+        async move { ok.then_some(()) }
+    })
+    .await;
+
+    // when: the coordinator is paused and a copy is requested straight at the destination
+    let faults = cluster.faults();
+    faults
+        .pause("coordinator")
+        .await
+        .expect("pause the coordinator");
+    let copy = eu_ec2
+        .copy_snapshot(req(
+            CopySnapshotRequest {
+                source_region: "us-east-1".into(),
+                source_snapshot_id: snap.clone(),
+                ..Default::default()
+            },
+            "eu-west-1",
+        ))
+        .await
+        .expect("CopySnapshot at the destination node")
+        .into_inner()
+        .snapshot_id;
+    let phase = || {
+        let st = eu.state();
+        st.copies
+            .values()
+            .find(|t| t.dest_id == copy)
+            .map(|t| st.copy_phase(t))
+    };
+    // then: nothing of the coordinator moves (a saga step takes ~1 ms; 400 ms is 400 s of
+    // simulated time here)
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert_eq!(
+        phase(),
+        Some(CopyPhase::AwaitingStart),
+        "no saga step while paused"
+    );
+
+    // and once resumed, the copy runs to its end
+    faults
+        .resume("coordinator")
+        .await
+        .expect("resume the coordinator");
+    POLL.eventually("the copy completed", Duration::from_secs(60), || {
+        let done = phase() == Some(CopyPhase::Done);
+        async move { done.then_some(()) }
+    })
+    .await;
+    // The nodes' handles go first: a stopping node waits for its log to be released.
+    drop((us, eu));
+    cluster.shutdown().await.expect("shutdown");
+}

@@ -267,6 +267,7 @@ pub(crate) async fn start_coordinator(
     config.faults = Some(Arc::new(ClusterFaults {
         inner: inner.me.clone(),
     }));
+    config.hold = Some(node.hold_switch());
     let (listener, inner_addr) = bind_inner(&node.name).await?;
     let server = Server::spawn(inner, "the coordinator".to_string(), move |signal| {
         amisim_coordinator::run_coordinator(routes, config, listener, signal)
