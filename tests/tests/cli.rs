@@ -150,3 +150,27 @@ fn a_second_node_on_the_same_log_is_refused_and_replay_needs_a_stopped_node() {
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("no event log at"));
 }
+
+#[test]
+fn a_virtual_clock_starts_where_it_is_told_on_an_empty_log() {
+    // 2030-01-01T00:00:00Z, far from the default 2024-01-01.
+    const START: u64 = 1_893_456_000_000;
+    let data = tempfile::tempdir().unwrap();
+    let mut node = start_region(
+        "eu-west-1",
+        &data.path().join("eu-west-1"),
+        &[
+            "--clock",
+            "virtual",
+            "--virtual-start-ms",
+            &START.to_string(),
+        ],
+    );
+    let banner = node.process.stdout_text();
+    assert!(
+        banner.contains(&format!("virtual clock at {START} ms")),
+        "{banner}"
+    );
+    let status = node.process.terminate(Duration::from_secs(20));
+    assert!(status.success(), "{}", node.process.logs());
+}

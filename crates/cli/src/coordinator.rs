@@ -106,6 +106,8 @@ pub async fn run(args: CoordinatorArgs) -> anyhow::Result<()> {
         routes.regions().collect::<Vec<_>>().join(",")
     );
     print_links("amisim coordinator", &links);
+    // Signal handlers first: a caller may signal as soon as it reads the next line.
+    let signals = os_signal();
     println!("amisim coordinator: gateway listening on {addr}");
     let shutdown = Shutdown::new();
     println!(
@@ -124,7 +126,7 @@ pub async fn run(args: CoordinatorArgs) -> anyhow::Result<()> {
         shutdown.signal(),
     ));
     let outcome = tokio::select! {
-        sig = os_signal() => {
+        sig = signals => {
             tracing::info!(signal = sig, "shutting down");
             shutdown.trigger();
             (&mut server).await

@@ -11,7 +11,7 @@ use std::time::Duration;
 use amisim_lab::{Cluster, ClusterClock, ClusterSpec, LabError};
 
 use crate::coordinator::{print_links, LinkArgs};
-use crate::region::{ClockKind, SimArgs, VIRTUAL_EPOCH_MS};
+use crate::region::{ClockKind, SimArgs};
 use crate::shutdown::os_signal;
 
 /// Run every region node and the coordinator in one process (the default way to use amisim).
@@ -107,7 +107,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
         ClockKind::Scaled => ClusterClock::Scaled(args.sim.time_scale),
         // One clock for every in-process node, moved by Chaos.AdvanceClock.
         ClockKind::Virtual => ClusterClock::Virtual {
-            start_ms: VIRTUAL_EPOCH_MS,
+            start_ms: args.sim.virtual_start_ms,
         },
     };
     spec.seed = seed;
@@ -172,11 +172,13 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
             args.auto_advance
         );
     }
+    // Signal handlers first: a caller may signal as soon as it reads the next line.
+    let signals = os_signal();
     println!("amisim dev: gateway listening on {gateway_addr}");
 
     // Run until a signal, or until a node stops on its own (not through a fault).
     let failure: Option<anyhow::Error> = tokio::select! {
-        sig = os_signal() => {
+        sig = signals => {
             tracing::info!(signal = sig, "shutting down");
             None
         }

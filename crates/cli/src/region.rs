@@ -104,6 +104,13 @@ pub struct SimArgs {
     /// 2024-01-01T00:00:00Z on an empty log.
     #[arg(long, env = "AMISIM_CLOCK", value_enum, default_value_t = ClockKind::Scaled)]
     pub clock: ClockKind,
+
+    /// Where a virtual clock starts on an empty log, in ms since the Unix epoch (default
+    /// 2024-01-01T00:00:00Z). A log with later events starts at its last event instead.
+    /// Ignored by the scaled clock.
+    #[arg(long, env = "AMISIM_VIRTUAL_START_MS", value_name = "MS",
+          default_value_t = VIRTUAL_EPOCH_MS)]
+    pub virtual_start_ms: u64,
 }
 
 impl SimArgs {
@@ -198,7 +205,7 @@ pub async fn run(args: RegionArgs) -> anyhow::Result<()> {
         &args.known_regions,
         accounts.clone(),
         (args.sim.clock == ClockKind::Virtual)
-            .then(|| amisim_chaos::VirtualClock::new(VIRTUAL_EPOCH_MS)),
+            .then(|| amisim_chaos::VirtualClock::new(args.sim.virtual_start_ms)),
         args.sim.storage(),
     )?;
     println!(
@@ -214,6 +221,8 @@ pub async fn run(args: RegionArgs) -> anyhow::Result<()> {
         node.head_seq(),
         describe_clock(&args.sim, node.now_ms())
     );
+    // Signal handlers first: a caller may signal as soon as it reads the next line.
+    let signals = os_signal();
     println!("amisim region {}: listening on {addr}", node.region());
 
     let shutdown = Shutdown::new();
@@ -223,7 +232,7 @@ pub async fn run(args: RegionArgs) -> anyhow::Result<()> {
         shutdown.signal(),
     ));
     let outcome = tokio::select! {
-        sig = os_signal() => {
+        sig = signals => {
             tracing::info!(signal = sig, "shutting down");
             shutdown.trigger();
             (&mut server).await

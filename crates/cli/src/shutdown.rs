@@ -1,6 +1,7 @@
 //! Graceful shutdown: one trigger, any number of server futures waiting on it.
 
 use std::future::Future;
+use std::pin::Pin;
 
 use tokio::sync::watch;
 
@@ -30,25 +31,28 @@ impl Shutdown {
     }
 }
 
-/// Waits for Ctrl-C (SIGINT) or SIGTERM and says which.
-pub async fn os_signal() -> &'static str {
+/// Ctrl-C (SIGINT) or SIGTERM, as a future that says which. The handlers are installed when
+/// this is called, not when the future is first polled: call it before printing `listening
+/// on`, so a caller that signals as soon as it reads that line gets a clean shutdown rather
+/// than the default action (death by SIGTERM, a failed exit status).
+pub fn os_signal() -> Pin<Box<dyn Future<Output = &'static str> + Send>> {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{signal, SignalKind};
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => tokio::select! {
-                _ = tokio::signal::ctrl_c() => "Ctrl-C",
-                _ = term.recv() => "SIGTERM",
-            },
-            Err(_) => {
-                let _ = tokio::signal::ctrl_c().await;
-                "Ctrl-C"
-            }
+        if let (Ok(mut term), Ok(mut int)) = (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+        ) {
+            return Box::pin(async move {
+                tokio::select! {
+                    _ = int.recv() => "Ctrl-C",
+                    _ = term.recv() => "SIGTERM",
+                }
+            });
         }
     }
-    #[cfg(not(unix))]
-    {
+    Box::pin(async {
         let _ = tokio::signal::ctrl_c().await;
         "Ctrl-C"
-    }
+    })
 }

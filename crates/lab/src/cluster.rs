@@ -28,8 +28,9 @@
 //!   with the same flags (same port, same data). Exact (a paused process stops everything), but
 //!   clock skew is not supported (the children's clocks cannot be reached), the coordinator
 //!   runs with link seed 0 (`amisim coordinator` takes no seed) and has no node faults of its
-//!   own (its `*Node` RPCs answer FAILED_PRECONDITION), and each virtual clock starts at the
-//!   binary's epoch. A child's stdout and stderr go to `DATA/<node>.log`.
+//!   own (its `*Node` RPCs answer FAILED_PRECONDITION); each child's virtual clock starts at
+//!   the spec's `start_ms` (`--virtual-start-ms`) but is its own, moved by the coordinator's
+//!   clock calls. A child's stdout and stderr go to `DATA/<node>.log`.
 //!
 //! # Recording
 //!

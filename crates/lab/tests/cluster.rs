@@ -154,11 +154,18 @@ async fn a_killed_region_keeps_every_acknowledged_write_and_the_coordinator_catc
         .expect("digest")
         .into_inner();
     assert_eq!(own.digest, own.replay_digest);
+    // Timers may still fire after that read (volumes turning available): compare the node's
+    // state and the coordinator's projection of it at the same seq, re-reading both.
     let mut coordinator = CoordinatorClient::new(channel(&gateway));
     POLL.eventually("the coordinator's digest", Duration::from_secs(60), || {
         let mut c = coordinator.clone();
-        let own = own.clone();
+        let mut region = region.clone();
         async move {
+            let own = region
+                .get_state_digest(GetStateDigestRequest { replay: false })
+                .await
+                .ok()?
+                .into_inner();
             let r = c
                 .get_state_digest(GetGlobalStateDigestRequest {
                     regions: vec!["us-east-1".into()],

@@ -108,7 +108,12 @@ fn args(inner: &Inner, node: &Node) -> Result<Vec<String>, LabError> {
             a.extend(storage_args(&spec.storage));
             match spec.clock {
                 ClusterClock::Scaled(s) => a.extend(["--time-scale".into(), s.to_string()]),
-                ClusterClock::Virtual { .. } => a.extend(["--clock".into(), "virtual".into()]),
+                ClusterClock::Virtual { start_ms } => a.extend([
+                    "--clock".into(),
+                    "virtual".into(),
+                    "--virtual-start-ms".into(),
+                    start_ms.to_string(),
+                ]),
             }
         }
         NodeKind::Coordinator => {
