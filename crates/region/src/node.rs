@@ -243,7 +243,11 @@ impl RegionNode {
             return Some(r.clone());
         }
         let log: Arc<dyn EventLog> = Arc::new(amisim_log::MemoryLog::new());
-        match crate::audit::RequestRecorder::start(&self.region, log, true) {
+        let options = crate::audit::RecorderOptions {
+            seed: Some(self.seed),
+            ..crate::audit::RecorderOptions::default()
+        };
+        match crate::audit::RequestRecorder::start_with(&self.region, log, options) {
             Ok(r) => Some(self.requests.get_or_init(|| r).clone()),
             Err(e) => {
                 tracing::error!(region = %self.region, error = %e,

@@ -155,13 +155,22 @@ pub(crate) fn open_region(
     let node = RegionNode::start_with_clock(cfg, log, make_clock)
         .map_err(|e| node_err(name.clone(), format!("cannot start: {e}")))?;
     node.attach_audit(audit_trail);
-    let recorder = amisim_region::audit::RequestRecorder::start(name, requests, opts.record_reads)
-        .map_err(|e| {
-            node_err(
-                name.clone(),
-                format!("cannot start the request recorder: {e}"),
-            )
-        })?;
+    // Record ids from the node's seed: a run replays them too.
+    let recorder = amisim_region::audit::RequestRecorder::start_with(
+        name,
+        requests,
+        amisim_region::audit::RecorderOptions {
+            record_reads: opts.record_reads,
+            seed: Some(node.seed()),
+            ..amisim_region::audit::RecorderOptions::default()
+        },
+    )
+    .map_err(|e| {
+        node_err(
+            name.clone(),
+            format!("cannot start the request recorder: {e}"),
+        )
+    })?;
     node.attach_requests(recorder);
     Ok(OpenedRegion { node, files })
 }

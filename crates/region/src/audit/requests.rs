@@ -497,6 +497,10 @@ pub struct RecorderOptions {
     pub retention: Option<Duration>,
     /// Signs digests of the request log (the node's key; [`super::AuditTrail::request_signer`]).
     pub signer: Option<Arc<super::DigestSigner>>,
+    /// The seed of the records' `eventID`s (the node's seed; default none: drawn from the OS).
+    /// With a seed, the same calls in the same order get the same ids in every replay of the
+    /// seed; a restarted node (longer request log) draws a stream of its own.
+    pub seed: Option<u64>,
 }
 
 impl Default for RecorderOptions {
@@ -506,6 +510,7 @@ impl Default for RecorderOptions {
             capacity: DEFAULT_QUEUE_CAPACITY,
             retention: None,
             signer: None,
+            seed: None,
         }
     }
 }
@@ -599,6 +604,13 @@ impl RequestRecorder {
             capacity,
             signer: signer.clone(),
             urgent: urgent.clone(),
+            rng: match options.seed {
+                Some(seed) => record_id_rng(seed, log.head().seq),
+                None => {
+                    use rand::SeedableRng;
+                    rand_chacha::ChaCha8Rng::from_rng(&mut rand::rng())
+                }
+            },
         };
         std::thread::Builder::new()
             .name(format!("amisim-requests-{region}"))
@@ -721,6 +733,20 @@ struct Drain {
     capacity: usize,
     signer: Arc<OnceLock<Arc<super::DigestSigner>>>,
     urgent: Arc<AtomicBool>,
+    /// Draws the records' `eventID`s.
+    rng: rand_chacha::ChaCha8Rng,
+}
+
+/// The stream of record ids of a recorder seeded with `seed` whose request log ends at
+/// `head_seq`: keyed by both (a restart with a longer log draws other ids) and by a word of its
+/// own, apart from the node's other streams.
+pub fn record_id_rng(seed: u64, head_seq: u64) -> rand_chacha::ChaCha8Rng {
+    use rand::SeedableRng;
+    let mut key = [0u8; 32];
+    key[..8].copy_from_slice(&seed.to_le_bytes());
+    key[8..16].copy_from_slice(&head_seq.to_le_bytes());
+    key[16..24].copy_from_slice(b"records\0");
+    rand_chacha::ChaCha8Rng::from_seed(key)
 }
 
 impl Drain {
@@ -740,7 +766,7 @@ impl Drain {
     fn run(mut self) {
         // Nobody waits for a record (a flush waits at most for the records before it).
         crate::lower_thread_priority(5, "request recorder");
-        let mut rng = rand::rng();
+        let mut rng = self.rng.clone();
         while let Some(first) = self.rx.blocking_recv() {
             let lingering_since = std::time::Instant::now();
             let mut batch = vec![first];
@@ -971,6 +997,44 @@ mod tests {
             .event_type,
             "AwsServiceEvent"
         );
+    }
+
+    /// The record ids a recorder with `seed` gives two calls on `log`.
+    async fn record_ids(log: Arc<MemoryLog>, seed: Option<u64>) -> Vec<String> {
+        let from = log.head().seq + 1;
+        let options = RecorderOptions {
+            seed,
+            ..RecorderOptions::default()
+        };
+        let rec = RequestRecorder::start_with("us-east-1", log.clone(), options).unwrap();
+        rec.record(call("RegisterImage", 1000));
+        rec.record(call("CreateImage", 2000));
+        rec.flush().await;
+        log.read_range(from, u64::MAX)
+            .unwrap()
+            .into_iter()
+            .map(|e| e.event_id)
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn record_ids_replay_from_the_seed_and_differ_after_a_restart() {
+        let first = record_ids(Arc::new(MemoryLog::new()), Some(7)).await;
+        assert_eq!(first.len(), 2);
+        assert_ne!(first[0], first[1]);
+        assert_eq!(first, record_ids(Arc::new(MemoryLog::new()), Some(7)).await);
+        assert_ne!(first, record_ids(Arc::new(MemoryLog::new()), Some(8)).await);
+        // The same seed on a longer log (a restarted node): a stream of its own.
+        let log = Arc::new(MemoryLog::new());
+        let before = record_ids(log.clone(), Some(7)).await;
+        let after = record_ids(log, Some(7)).await;
+        assert_eq!(before, first);
+        assert!(
+            after.iter().all(|id| !before.contains(id)),
+            "{before:?} {after:?}"
+        );
+        // Without a seed: from the OS.
+        assert_ne!(first, record_ids(Arc::new(MemoryLog::new()), None).await);
     }
 
     #[tokio::test]
