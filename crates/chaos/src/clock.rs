@@ -43,6 +43,12 @@ pub trait Clock: Send + Sync + fmt::Debug + 'static {
     fn as_virtual(&self) -> Option<&VirtualClock> {
         None
     }
+
+    /// The clock as a [`SkewedClock`] if it is one: only those take a skew (the
+    /// `SetClockSkew` RPCs).
+    fn as_skewed(&self) -> Option<&SkewedClock> {
+        None
+    }
 }
 
 /// Wall-clock ms since the Unix epoch (0 if the machine's clock is before 1970). Informational
@@ -349,6 +355,10 @@ impl Clock for SkewedClock {
 
     fn as_virtual(&self) -> Option<&VirtualClock> {
         self.base.as_virtual()
+    }
+
+    fn as_skewed(&self) -> Option<&SkewedClock> {
+        Some(self)
     }
 }
 

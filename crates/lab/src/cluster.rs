@@ -25,8 +25,9 @@
 //!   step until it resumes, as in a stopped process.
 //! - [`ClusterMode::Processes`]: `amisim region` children and one `amisim coordinator` child,
 //!   driven by signals: kill = SIGKILL, pause = SIGSTOP, resume = SIGCONT, restart = spawn again
-//!   with the same flags (same port, same data). Exact (a paused process stops everything), but
-//!   clock skew is not supported (the children's clocks cannot be reached), the coordinator
+//!   with the same flags (same port, same data). Exact (a paused process stops everything).
+//!   Clock skew goes through the child's `Region.SetClockSkew` (not while it is paused: a
+//!   stopped process cannot answer) and is set again after a restart. The coordinator
 //!   runs with link seed 0 (`amisim coordinator` takes no seed) and has no node faults of its
 //!   own (its `*Node` RPCs answer FAILED_PRECONDITION); each child's virtual clock starts at
 //!   the spec's `start_ms` (`--virtual-start-ms`) but is its own, moved by the coordinator's
@@ -282,6 +283,9 @@ pub(crate) struct Node {
     ops: tokio::sync::Mutex<()>,
     /// Bumped at every kill and restart: a `down_for` timer restarts only its own kill.
     generation: AtomicU64,
+    /// Processes mode: the clock skew last set on this region's child, set again on the next
+    /// child after a restart (in process, the node's [`SkewedClock`] outlives its restarts).
+    child_skew_ms: std::sync::atomic::AtomicI64,
     /// In-process coordinator: on while paused, so its followers and saga driver stand still
     /// too, as in a stopped process (`amisim_coordinator::hold`).
     hold: tokio::sync::watch::Sender<bool>,
@@ -588,6 +592,7 @@ fn new_node(
         ops: tokio::sync::Mutex::new(()),
         generation: AtomicU64::new(0),
         hold: tokio::sync::watch::channel(false).0,
+        child_skew_ms: std::sync::atomic::AtomicI64::new(0),
     })
 }
 
@@ -821,6 +826,13 @@ impl Inner {
         node.hold.send_replace(false);
         node.generation.fetch_add(1, Ordering::SeqCst);
         self.launch(node).await.map_err(|e| failed(name, e))?;
+        let skew_ms = node.child_skew_ms.load(Ordering::SeqCst);
+        if skew_ms != 0 && matches!(&*node.slot(), Slot::Child(_)) {
+            // A new process starts without skew: the region's skew is the lab's setting.
+            processes::set_clock_skew(self, node, skew_ms)
+                .await
+                .map_err(|m| failed_msg(name, m))?;
+        }
         {
             let mut s = node.status.lock().unwrap_or_else(PoisonError::into_inner);
             s.state = NodeState::Running;
@@ -839,16 +851,33 @@ impl Inner {
                 "{region} is not a region: only regions have a clock"
             )));
         }
-        let Some(clock) = node.clock.get() else {
-            return Err(NodeFaultError::Unsupported(
-                "clock skew needs an in-process cluster (`amisim dev`, or a run not in processes \
-                 mode): a child process's clock cannot be reached"
-                    .into(),
-            ));
-        };
         let _guard = node.ops.lock().await;
-        record::record(self, record::Fault::Skew { skew_ms }, region).await?;
-        clock.set_skew_ms(skew_ms);
+        let child = matches!(&*node.slot(), Slot::Child(_));
+        if child {
+            // In its own process: through the child's `Region.SetClockSkew`.
+            if node.status().state == NodeState::Paused {
+                return Err(NodeFaultError::WrongState {
+                    node: region.to_string(),
+                    state: NodeState::Paused,
+                    action: "skew the clock of a stopped process (resume it first)",
+                });
+            }
+            record::record(self, record::Fault::Skew { skew_ms }, region).await?;
+            processes::set_clock_skew(self, node, skew_ms)
+                .await
+                .map_err(|m| failed_msg(region, m))?;
+            node.child_skew_ms.store(skew_ms, Ordering::SeqCst);
+        } else {
+            let Some(clock) = node.clock.get() else {
+                return Err(NodeFaultError::WrongState {
+                    node: region.to_string(),
+                    state: NodeState::Down,
+                    action: "skew its clock (restart it first)",
+                });
+            };
+            record::record(self, record::Fault::Skew { skew_ms }, region).await?;
+            clock.set_skew_ms(skew_ms);
+        }
         tracing::warn!(target: "amisim::lab", region, skew_ms, "clock skew set");
         Ok(())
     }

@@ -1,6 +1,7 @@
 //! The cluster in processes mode: `amisim region` / `amisim coordinator` children driven by
 //! signals. SIGKILL + restart of a region keeps its acknowledged writes on the same port;
-//! SIGSTOP holds a call until SIGCONT; skew is refused clearly.
+//! SIGSTOP holds a call until SIGCONT; clock skew reaches a child through its Region service and
+//! outlives a restart.
 
 mod common;
 
@@ -124,9 +125,60 @@ async fn child_regions_survive_sigkill_and_hold_calls_under_sigstop() {
         .expect("ok");
     let _ = &mut client;
 
-    // Skew cannot reach a child's clock: a clear refusal.
-    let e = faults.set_clock_skew("eu-west-1", 1_000).await.unwrap_err();
-    assert!(e.to_string().contains("in-process"), "{e}");
+    // Clock skew reaches the child's clock (ten days ahead; the scaled clock itself moves
+    // 600 ms per wall ms, so the margin is 20 s of wall time), and outlives a restart.
+    const SKEW: u64 = 10 * 24 * 3_600_000;
+    let mut region = amisim_proto::region_client::RegionClient::new(
+        Channel::from_shared(cluster.region_url("eu-west-1").unwrap())
+            .unwrap()
+            .connect_lazy(),
+    );
+    let now = |region: &amisim_proto::region_client::RegionClient<Channel>| {
+        let mut r = region.clone();
+        async move {
+            r.get_region_info(amisim_proto::GetRegionInfoRequest {})
+                .await
+                .expect("GetRegionInfo")
+                .into_inner()
+                .sim_time_ms
+        }
+    };
+    let before = now(&region).await;
+    faults
+        .set_clock_skew("eu-west-1", SKEW as i64)
+        .await
+        .expect("skew a child");
+    let after = now(&region).await;
+    assert!(
+        (SKEW..SKEW + 600 * 20_000).contains(&(after - before)),
+        "{before} -> {after}"
+    );
+    faults.kill("eu-west-1", None).await.expect("kill");
+    // A new child's scaled clock starts at wall time at least (or at its last event): with the
+    // skew set again it reads ten days more.
+    let wall_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64;
+    faults.restart("eu-west-1").await.expect("restart");
+    let restarted = POLL
+        .eventually("eu-west-1 after restart", Duration::from_secs(30), || {
+            let mut r = region.clone();
+            async move {
+                r.get_region_info(amisim_proto::GetRegionInfoRequest {})
+                    .await
+                    .ok()
+                    .map(|i| i.into_inner().sim_time_ms)
+            }
+        })
+        .await;
+    assert!(restarted >= wall_ms + SKEW, "wall {wall_ms} -> {restarted}");
+    // A stopped process cannot take a skew: a clear refusal.
+    faults.pause("eu-west-1").await.expect("pause");
+    let e = faults.set_clock_skew("eu-west-1", 0).await.unwrap_err();
+    assert!(e.to_string().contains("resume it first"), "{e}");
+    faults.resume("eu-west-1").await.expect("resume");
+    let _ = &mut region;
 
     cluster.shutdown().await.expect("shutdown");
     assert!(dir.path().join("us-east-1.log").is_file());

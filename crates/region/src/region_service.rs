@@ -30,6 +30,18 @@ pub struct RegionService {
 }
 
 impl RegionService {
+    /// The node's `GetRegionInfo` answer, with `now` as its simulated time.
+    fn info(&self, now: u64) -> GetRegionInfoResponse {
+        GetRegionInfoResponse {
+            region: self.node.region().to_string(),
+            head_seq: self.node.head_seq(),
+            sim_time_ms: now,
+            seed: self.node.seed(),
+            next_due_ms: self.node.state().next_due_ms().unwrap_or(0),
+            virtual_clock: self.node.clock().as_virtual().is_some(),
+        }
+    }
+
     pub fn new(node: Arc<RegionNode>) -> Self {
         RegionService {
             node,
@@ -96,14 +108,25 @@ impl Region for RegionService {
         &self,
         _request: Request<GetRegionInfoRequest>,
     ) -> Result<Response<GetRegionInfoResponse>, Status> {
-        Ok(Response::new(GetRegionInfoResponse {
-            region: self.node.region().to_string(),
-            head_seq: self.node.head_seq(),
-            sim_time_ms: self.node.now_ms(),
-            seed: self.node.seed(),
-            next_due_ms: self.node.state().next_due_ms().unwrap_or(0),
-            virtual_clock: self.node.clock().as_virtual().is_some(),
-        }))
+        Ok(Response::new(self.info(self.node.now_ms())))
+    }
+
+    #[tracing::instrument(skip_all, fields(region = %self.node.region()))]
+    async fn set_clock_skew(
+        &self,
+        request: Request<amisim_proto::RegionSetClockSkewRequest>,
+    ) -> Result<Response<GetRegionInfoResponse>, Status> {
+        let skew_ms = request.into_inner().skew_ms;
+        let clock = self.node.clock();
+        let Some(clock) = clock.as_skewed() else {
+            return Err(Status::failed_precondition(
+                "this node's clock takes no skew (a node embedded without a skewed clock)",
+            ));
+        };
+        clock.set_skew_ms(skew_ms);
+        let now = self.node.now_ms();
+        tracing::warn!(skew_ms, now_ms = now, "clock skew set");
+        Ok(Response::new(self.info(now)))
     }
 
     #[tracing::instrument(skip_all, fields(region = %self.node.region()))]
@@ -132,14 +155,7 @@ impl Region for RegionService {
             to_ms = r.to_ms,
             "clock moved"
         );
-        Ok(Response::new(GetRegionInfoResponse {
-            region: self.node.region().to_string(),
-            head_seq: self.node.head_seq(),
-            sim_time_ms: now,
-            seed: self.node.seed(),
-            next_due_ms: self.node.state().next_due_ms().unwrap_or(0),
-            virtual_clock: true,
-        }))
+        Ok(Response::new(self.info(now)))
     }
 
     type StreamEventsStream = EventStream;

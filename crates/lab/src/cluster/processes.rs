@@ -141,6 +141,26 @@ fn args(inner: &Inner, node: &Node) -> Result<Vec<String>, LabError> {
     Ok(a)
 }
 
+/// Sets the clock skew of `node`'s child through its `Region.SetClockSkew` (as the operator
+/// when the cluster has an accounts file).
+pub(crate) async fn set_clock_skew(inner: &Inner, node: &Node, skew_ms: i64) -> Result<(), String> {
+    let channel = tonic::transport::Endpoint::from_shared(node.url())
+        .map_err(|e| e.to_string())?
+        .connect_timeout(std::time::Duration::from_secs(5))
+        .connect_lazy();
+    let auth = match &inner.spec.accounts {
+        Some(a) => amisim_coordinator::OperatorAuth::from_accounts(a),
+        None => amisim_coordinator::OperatorAuth::none(),
+    };
+    let mut client = amisim_coordinator::operator::region_client(channel, auth);
+    let call = client.set_clock_skew(amisim_proto::RegionSetClockSkewRequest { skew_ms });
+    tokio::time::timeout(std::time::Duration::from_secs(10), call)
+        .await
+        .map_err(|_| format!("{} did not answer SetClockSkew", node.name))?
+        .map_err(|s| format!("SetClockSkew on {}: {}", node.name, s.message()))?;
+    Ok(())
+}
+
 /// The storage flags of a region child: the same sled cache and checkpoint interval as an
 /// in-process node of the same spec (`amisim region` keeps its checkpoints in
 /// `DATA/checkpoints`).

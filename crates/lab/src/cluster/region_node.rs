@@ -183,12 +183,17 @@ pub fn start_region_node(
     virtual_clock: Option<amisim_chaos::VirtualClock>,
 ) -> Result<Arc<RegionNode>, LabError> {
     let scale = opts.time_scale;
-    let opened = open_region(opts, move |last_sim_ms| match virtual_clock {
-        Some(clock) => {
-            clock.set(last_sim_ms);
-            Arc::new(clock) as Arc<dyn Clock>
-        }
-        None => Arc::new(amisim_chaos::ScaledClock::new(scale, last_sim_ms)),
+    // Skewed (no skew to begin with): `Region.SetClockSkew` sets it, as the lab does for a
+    // region in its own process.
+    let opened = open_region(opts, move |last_sim_ms| {
+        let base: Arc<dyn Clock> = match virtual_clock {
+            Some(clock) => {
+                clock.set(last_sim_ms);
+                Arc::new(clock)
+            }
+            None => Arc::new(amisim_chaos::ScaledClock::new(scale, last_sim_ms)),
+        };
+        Arc::new(amisim_chaos::SkewedClock::new(base)) as Arc<dyn Clock>
     })?;
     Ok(opened.node)
 }
