@@ -341,7 +341,11 @@ impl Node {
             kind: self.kind,
             state: s.state,
             url: self.url(),
-            clock_skew_ms: self.clock.get().map_or(0, SkewedClock::skew_ms),
+            // In process the node's clock; a child's is the skew the lab last set on it.
+            clock_skew_ms: self.clock.get().map_or_else(
+                || self.child_skew_ms.load(Ordering::SeqCst),
+                SkewedClock::skew_ms,
+            ),
             restarts: s.restarts,
             pid,
         }

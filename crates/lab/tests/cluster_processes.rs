@@ -149,6 +149,11 @@ async fn child_regions_survive_sigkill_and_hold_calls_under_sigstop() {
         .await
         .expect("skew a child");
     let after = now(&region).await;
+    assert_eq!(
+        info("eu-west-1").clock_skew_ms,
+        SKEW as i64,
+        "ListNodes shows it"
+    );
     assert!(
         (SKEW..SKEW + 600 * 20_000).contains(&(after - before)),
         "{before} -> {after}"
