@@ -43,6 +43,11 @@ pub struct CoordinatorArgs {
     #[command(flatten)]
     pub links: LinkArgs,
 
+    /// Seed of the link draws (loss, latency jitter) and of the copy saga's retry jitter, so a
+    /// run's chaos replays (printed at start).
+    #[arg(long, env = "AMISIM_SEED", value_name = "N", default_value_t = 0)]
+    pub seed: u64,
+
     #[command(flatten)]
     pub accounts: crate::accounts::AccountsArgs,
 }
@@ -106,6 +111,7 @@ pub async fn run(args: CoordinatorArgs) -> anyhow::Result<()> {
         routes.regions().collect::<Vec<_>>().join(",")
     );
     print_links("amisim coordinator", &links);
+    println!("amisim coordinator: seed {}", args.seed);
     // Signal handlers first: a caller may signal as soon as it reads the next line.
     let signals = os_signal();
     println!("amisim coordinator: gateway listening on {addr}");
@@ -114,11 +120,12 @@ pub async fn run(args: CoordinatorArgs) -> anyhow::Result<()> {
         "amisim coordinator: {}",
         crate::accounts::describe(accounts.as_deref())
     );
-    let config = CoordinatorConfig {
+    let mut config = CoordinatorConfig {
         links,
         accounts,
         ..CoordinatorConfig::default()
     };
+    config.sagas.seed = args.seed;
     let mut server = tokio::spawn(amisim_coordinator::run_coordinator(
         routes,
         config,

@@ -28,7 +28,7 @@
 //!   with the same flags (same port, same data). Exact (a paused process stops everything).
 //!   Clock skew goes through the child's `Region.SetClockSkew` (not while it is paused: a
 //!   stopped process cannot answer) and is set again after a restart. The coordinator
-//!   runs with link seed 0 (`amisim coordinator` takes no seed) and has no node faults of its
+//!   child gets the run's seed (`--seed`) and has no node faults of its
 //!   own (its `*Node` RPCs answer FAILED_PRECONDITION); each child's virtual clock starts at
 //!   the spec's `start_ms` (`--virtual-start-ms`) but is its own, moved by the coordinator's
 //!   clock calls. A child's stdout and stderr go to `DATA/<node>.log`.

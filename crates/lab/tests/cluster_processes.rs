@@ -37,6 +37,17 @@ async fn child_regions_survive_sigkill_and_hold_calls_under_sigstop() {
             .unwrap()
     };
     let first_pid = info("us-east-1").pid.expect("a child has a pid");
+    // The coordinator child draws on the links from the run's seed.
+    let links = amisim_proto::chaos_client::ChaosClient::new(
+        Channel::from_shared(cluster.gateway_url())
+            .unwrap()
+            .connect_lazy(),
+    )
+    .list_links(amisim_proto::ListLinksRequest {})
+    .await
+    .expect("ListLinks")
+    .into_inner();
+    assert_eq!(links.seed, 11);
 
     let ec2 = Ec2Client::new(
         Channel::from_shared(cluster.gateway_url())

@@ -121,6 +121,9 @@ fn args(inner: &Inner, node: &Node) -> Result<Vec<String>, LabError> {
                 "coordinator".into(),
                 "--listen".into(),
                 node.addr.to_string(),
+                // The link draws and retry jitter replay from the run's seed, as in process.
+                "--seed".into(),
+                spec.seed.to_string(),
             ]);
             for r in inner.nodes.iter().filter(|n| n.kind == NodeKind::Region) {
                 a.extend(["--region".into(), format!("{}={}", r.name, r.url())]);
