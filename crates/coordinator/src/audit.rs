@@ -29,8 +29,10 @@
 //!   each region its seq (0 when not named). Explicit ids become an `image-id` / `snapshot-id`
 //!   filter per region, and an id no region shows is `InvalidAMIID.NotFound` /
 //!   `InvalidSnapshot.NotFound` for the whole call, as in the global reads. Several regions are
-//!   answered in one page (ordered by region, then id): `max_results` / `next_token` need a
-//!   `region`.
+//!   answered in one page (ordered by region, then id), or, with `max_results`, in pages: the
+//!   regions one after another, each at the seq its point resolved to on the first page
+//!   (`ResolvePoint`), so every page reads the same history; the `next_token` carries those
+//!   seqs (`RegionPages`). Explicit ids do not combine with paging over several regions.
 //! - **LookupEvents**: every region's page, merged newest first ([`lookup`]).
 //! - **VerifyLog / GetPublicKey / ListDigests**: every region's answer, by region (each node
 //!   signs with its own key; the coordinator adds nothing it could not vouch for).
@@ -262,8 +264,10 @@ impl CoordinatorAudit {
     }
 
     /// The regions, points and wanted ids of an as-of read of `describe` (explicit ids of a read
-    /// over several regions become a filter of `describe`).
-    fn plan_as_of<D: AsOfDescribe>(
+    /// over several regions become a filter of `describe`). A paged read over several regions
+    /// (`max_results` or a `next_token` of such a read) asks one region per call: see
+    /// [`RegionPages`].
+    async fn plan_as_of<D: AsOfDescribe>(
         &self,
         region: &str,
         as_of: Option<&AsOf>,
@@ -273,7 +277,10 @@ impl CoordinatorAudit {
         let named = !region.trim().is_empty();
         let regions = self.select(region, call)?;
         let (max_results, next_token) = describe.paging();
-        check_paging(max_results, next_token, regions.len(), call)?;
+        let paged = max_results.is_some() || !next_token.is_empty();
+        if regions.len() > 1 && paged {
+            return self.plan_pages(as_of, regions, named, describe, call).await;
+        }
         let points = self.as_of_points(as_of, &regions, named, call)?;
         let wanted = if regions.len() > 1 {
             let (ids, filters) = describe.ids_and_filters();
@@ -285,6 +292,88 @@ impl CoordinatorAudit {
             regions,
             points: points.into_iter().collect(),
             wanted,
+            pages: None,
+        })
+    }
+
+    /// One page of an as-of read over several regions: the regions one after another (in
+    /// order), each at the seq its point resolved to on the first page, so every page reads the
+    /// same history however the regions move on meanwhile.
+    async fn plan_pages<D: AsOfDescribe>(
+        &self,
+        as_of: Option<&AsOf>,
+        regions: Vec<String>,
+        named: bool,
+        describe: &mut D,
+        call: &Call,
+    ) -> Result<AsOfPlan, Status> {
+        if !describe.ids_and_filters().0.is_empty() {
+            return Err(call.fail(
+                Code::InvalidArgument,
+                "InvalidParameterCombination",
+                "max_results and next_token cannot be combined with explicit ids in an as-of read \
+                 over several regions"
+                    .into(),
+            ));
+        }
+        let token = describe.paging().1.to_string();
+        let pages = if token.is_empty() {
+            // First page: every region's point, resolved to the seq of its last event at or
+            // before it (unset: its head).
+            let points = self.as_of_points(as_of, &regions, named, call)?;
+            let points: BTreeMap<String, Option<AsOf>> = points.into_iter().collect();
+            let resolved = self
+                .fan_out(&regions, call, |region, mut c| {
+                    let req = call.forward(ResolvePointRequest {
+                        point: points.get(&region).cloned().flatten(),
+                        region,
+                    });
+                    async move { c.resolve_point(req).await }
+                })
+                .await?;
+            RegionPages {
+                seqs: resolved
+                    .into_iter()
+                    .map(|(region, p)| (region, p.last_seq))
+                    .collect(),
+                index: 0,
+            }
+        } else {
+            let (pages, inner) = RegionPages::parse(&token).ok_or_else(|| {
+                call.fail(
+                    Code::InvalidArgument,
+                    "InvalidParameterValue",
+                    format!("next_token {token:?} is not one this coordinator gave"),
+                )
+            })?;
+            let followed = self.followed();
+            if let Some((r, _)) = pages.seqs.iter().find(|(r, _)| !followed.contains(r)) {
+                return Err(call.fail(
+                    Code::InvalidArgument,
+                    "InvalidParameterValue",
+                    format!(
+                        "next_token names region {r:?}, which this coordinator does not follow"
+                    ),
+                ));
+            }
+            describe.set_next_token(inner);
+            pages
+        };
+        let (region, seq) = pages.current().ok_or_else(|| {
+            call.fail(
+                Code::InvalidArgument,
+                "InvalidParameterValue",
+                format!("next_token {token:?} is past the last region"),
+            )
+        })?;
+        let point = Some(AsOf {
+            point: Some(Point::Seq(seq)),
+        });
+        Ok(AsOfPlan {
+            regions: vec![region.clone()],
+            points: [(region, point)].into_iter().collect(),
+            wanted: Vec::new(),
+            pages: Some(pages),
         })
     }
 
@@ -725,25 +814,6 @@ impl Call {
     }
 }
 
-/// `max_results` / `next_token` page one region only.
-fn check_paging(
-    max_results: Option<i32>,
-    next_token: &str,
-    regions: usize,
-    call: &Call,
-) -> Result<(), Status> {
-    if regions > 1 && (max_results.is_some() || !next_token.is_empty()) {
-        return Err(call.fail(
-            Code::InvalidArgument,
-            "InvalidParameterCombination",
-            "max_results and next_token page one region's as-of read: name the region (a \
-             read over several regions answers in one page)"
-                .into(),
-        ));
-    }
-    Ok(())
-}
-
 /// The explicit ids of a read over several regions, as a filter each region can answer.
 fn ids_as_filter(ids: &mut Vec<String>, filters: &mut Vec<Filter>, name: &str) -> Vec<String> {
     let ids = std::mem::take(ids);
@@ -773,6 +843,7 @@ trait AsOfDescribe {
     const ID_FILTER: &'static str;
     fn paging(&self) -> (Option<i32>, &str);
     fn ids_and_filters(&mut self) -> (&mut Vec<String>, &mut Vec<Filter>);
+    fn set_next_token(&mut self, token: String);
 }
 
 impl AsOfDescribe for DescribeImagesRequest {
@@ -782,6 +853,9 @@ impl AsOfDescribe for DescribeImagesRequest {
     }
     fn ids_and_filters(&mut self) -> (&mut Vec<String>, &mut Vec<Filter>) {
         (&mut self.image_ids, &mut self.filters)
+    }
+    fn set_next_token(&mut self, token: String) {
+        self.next_token = token;
     }
 }
 
@@ -793,6 +867,9 @@ impl AsOfDescribe for DescribeSnapshotsRequest {
     fn ids_and_filters(&mut self) -> (&mut Vec<String>, &mut Vec<Filter>) {
         (&mut self.snapshot_ids, &mut self.filters)
     }
+    fn set_next_token(&mut self, token: String) {
+        self.next_token = token;
+    }
 }
 
 /// What an as-of read asks of the regions: which ones, the point each reads at, and the
@@ -801,6 +878,58 @@ struct AsOfPlan {
     regions: Vec<String>,
     points: BTreeMap<String, Option<AsOf>>,
     wanted: Vec<String>,
+    /// A paged read over several regions: where this page stands.
+    pages: Option<RegionPages>,
+}
+
+/// Where a paged as-of read over several regions stands: each region's pinned seq (in the
+/// order read) and the region this page reads. Its `next_token` is
+/// `asof1|<index>|<region>=<seq>,…|<the region's own next_token>`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct RegionPages {
+    seqs: Vec<(String, u64)>,
+    index: usize,
+}
+
+impl RegionPages {
+    const PREFIX: &'static str = "asof1";
+
+    fn current(&self) -> Option<(String, u64)> {
+        self.seqs.get(self.index).cloned()
+    }
+
+    /// The token of the page after this one, given the region's own `next_token`: more of this
+    /// region, else the next region, else none (empty).
+    fn next_token(&self, inner: &str) -> String {
+        let index = if !inner.is_empty() {
+            self.index
+        } else if self.index + 1 < self.seqs.len() {
+            self.index + 1
+        } else {
+            return String::new();
+        };
+        let seqs: Vec<String> = self.seqs.iter().map(|(r, s)| format!("{r}={s}")).collect();
+        format!("{}|{index}|{}|{inner}", Self::PREFIX, seqs.join(","))
+    }
+
+    /// A token [`RegionPages::next_token`] made, and the region's own token in it.
+    fn parse(token: &str) -> Option<(RegionPages, String)> {
+        let mut parts = token.splitn(4, '|');
+        if parts.next()? != Self::PREFIX {
+            return None;
+        }
+        let index: usize = parts.next()?.parse().ok()?;
+        let seqs = parts
+            .next()?
+            .split(',')
+            .map(|pair| {
+                let (r, s) = pair.split_once('=')?;
+                Some((r.to_string(), s.parse().ok()?))
+            })
+            .collect::<Option<Vec<(String, u64)>>>()?;
+        let inner = parts.next()?.to_string();
+        (index < seqs.len()).then_some((RegionPages { seqs, index }, inner))
+    }
 }
 
 /// One region's as-of answer, whatever the resource.
@@ -828,7 +957,8 @@ impl AsOfPlan {
         answers: impl IntoIterator<Item = (String, AsOfAnswer<T>)>,
         id: impl Fn(&T) -> &str,
     ) -> Result<AsOfMerged<T>, Vec<&str>> {
-        let single = self.regions.len() == 1;
+        let single = self.regions.len() == 1 && self.pages.is_none();
+        let mut inner_next = String::new();
         let mut out = AsOfMerged {
             regions: Vec::new(),
             seq: 0,
@@ -846,6 +976,8 @@ impl AsOfPlan {
                 out.seq = a.seq;
                 out.sim_time_ms = a.sim_time_ms;
                 out.next_token = a.next_token;
+            } else {
+                inner_next = a.next_token;
             }
             out.items
                 .extend(a.items.into_iter().map(|item| (region.clone(), item)));
@@ -854,6 +986,9 @@ impl AsOfPlan {
         let absent = missing(&self.wanted, &found);
         if !absent.is_empty() {
             return Err(absent);
+        }
+        if let Some(pages) = &self.pages {
+            out.next_token = pages.next_token(&inner_next);
         }
         out.items
             .sort_by(|(ra, a), (rb, b)| (ra, id(a)).cmp(&(rb, id(b))));
@@ -961,7 +1096,9 @@ impl Audit for CoordinatorAudit {
         let call = self.authorize(request.metadata(), "DescribeImagesAsOf")?;
         let r = request.into_inner();
         let mut describe: DescribeImagesRequest = r.request.unwrap_or_default();
-        let plan = self.plan_as_of(&r.region, r.as_of.as_ref(), &mut describe, &call)?;
+        let plan = self
+            .plan_as_of(&r.region, r.as_of.as_ref(), &mut describe, &call)
+            .await?;
         let answers = self
             .fan_out(&plan.regions, &call, |region, mut c| {
                 let req = call.forward(DescribeImagesAsOfRequest {
@@ -1011,7 +1148,9 @@ impl Audit for CoordinatorAudit {
         let call = self.authorize(request.metadata(), "DescribeSnapshotsAsOf")?;
         let r = request.into_inner();
         let mut describe: DescribeSnapshotsRequest = r.request.unwrap_or_default();
-        let plan = self.plan_as_of(&r.region, r.as_of.as_ref(), &mut describe, &call)?;
+        let plan = self
+            .plan_as_of(&r.region, r.as_of.as_ref(), &mut describe, &call)
+            .await?;
         let answers = self
             .fan_out(&plan.regions, &call, |region, mut c| {
                 let req = call.forward(DescribeSnapshotsAsOfRequest {
@@ -1158,5 +1297,39 @@ impl Audit for CoordinatorAudit {
             })
             .await?;
         Ok(call.respond(answer))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn region_pages_tokens_round_trip_and_walk_the_regions() {
+        let pages = RegionPages {
+            seqs: vec![("us-east-1".into(), 7), ("eu-west-1".into(), 0)],
+            index: 0,
+        };
+        // More of the same region, then the next region, then the end.
+        let more = pages.next_token("inner|with|bars");
+        assert_eq!(more, "asof1|0|us-east-1=7,eu-west-1=0|inner|with|bars");
+        assert_eq!(
+            RegionPages::parse(&more),
+            Some((pages.clone(), "inner|with|bars".to_string()))
+        );
+        let next = pages.next_token("");
+        let (second, inner) = RegionPages::parse(&next).unwrap();
+        assert_eq!((second.index, inner.as_str()), (1, ""));
+        assert_eq!(second.current(), Some(("eu-west-1".to_string(), 0)));
+        assert_eq!(second.next_token(""), "");
+        for bad in [
+            "",
+            "asof1",
+            "asof2|0|us-east-1=1|",
+            "asof1|2|us-east-1=1|",
+            "asof1|0|us-east-1|",
+        ] {
+            assert_eq!(RegionPages::parse(bad), None, "{bad:?}");
+        }
     }
 }
