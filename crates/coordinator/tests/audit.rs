@@ -238,6 +238,53 @@ fn assert_causal(events: &[Event]) -> usize {
     assert_causal_from(events, &BTreeMap::new())
 }
 
+/// Every page of a coordinator as-of read of the snapshots at `as_of`, 5 a page (each page reads
+/// one region), with a snapshot made in each of `between` after the first page; and how many
+/// pages there were.
+async fn paged_snapshots(
+    c: &Cluster,
+    as_of: Option<AsOf>,
+    between: &[&str],
+) -> (Vec<(String, amisim_proto::Snapshot)>, usize) {
+    let mut audit = c.audit();
+    let mut out = Vec::new();
+    let mut token = String::new();
+    let mut pages = 0;
+    loop {
+        let page = audit
+            .describe_snapshots_as_of(DescribeSnapshotsAsOfRequest {
+                as_of: as_of.clone(),
+                request: Some(DescribeSnapshotsRequest {
+                    max_results: Some(5),
+                    next_token: token.clone(),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert!(page.snapshots.len() <= 5);
+        assert_eq!(page.regions.len(), 1, "a page reads one region");
+        out.extend(
+            page.snapshots
+                .into_iter()
+                .map(|s| (s.region, s.snapshot.unwrap())),
+        );
+        pages += 1;
+        if pages == 1 {
+            for r in between {
+                make_snapshot(c, r).await;
+            }
+        }
+        token = page.response.unwrap().next_token;
+        if token.is_empty() {
+            return (out, pages);
+        }
+        assert!(pages < 100);
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn audit_streams_merge_causally_as_of_is_global_and_lookup_pages_across_regions() {
     let c = Cluster::start().await;
@@ -500,42 +547,10 @@ async fn audit_streams_merge_causally_as_of_is_global_and_lookup_pages_across_re
     assert!(now.snapshots.len() > as_of_p.snapshots.len());
     // the same read in pages of 5: the regions one after another, each pinned at its seq of
     // the first page, so a snapshot made between two pages is not in them
-    let mut paged: Vec<(String, amisim_proto::Snapshot)> = Vec::new();
-    let mut token = String::new();
-    let mut pages = 0;
-    loop {
-        let page = audit
-            .describe_snapshots_as_of(DescribeSnapshotsAsOfRequest {
-                as_of: Some(AsOf {
-                    point: Some(as_of::Point::Token(point.clone())),
-                }),
-                request: Some(DescribeSnapshotsRequest {
-                    max_results: Some(5),
-                    next_token: token.clone(),
-                    ..Default::default()
-                }),
-                ..Default::default()
-            })
-            .await
-            .unwrap()
-            .into_inner();
-        assert!(page.snapshots.len() <= 5);
-        assert_eq!(page.regions.len(), 1, "a page reads one region");
-        paged.extend(
-            page.snapshots
-                .iter()
-                .map(|s| (s.region.clone(), s.snapshot.clone().unwrap())),
-        );
-        pages += 1;
-        if pages == 1 {
-            make_snapshot(&c, AP).await;
-        }
-        token = page.response.unwrap().next_token;
-        if token.is_empty() {
-            break;
-        }
-        assert!(pages < 100);
-    }
+    let token_point = Some(AsOf {
+        point: Some(as_of::Point::Token(point.clone())),
+    });
+    let (mut paged, pages) = paged_snapshots(&c, token_point, &[AP]).await;
     assert!(pages >= 3, "at least one page per region: {pages}");
     paged.sort_by(|a, b| (&a.0, &a.1.snapshot_id).cmp(&(&b.0, &b.1.snapshot_id)));
     assert_eq!(paged, tagged, "the pages hold exactly the one-page read");
@@ -550,39 +565,8 @@ async fn audit_streams_merge_causally_as_of_is_global_and_lookup_pages_across_re
         .into_iter()
         .map(|s| s.snapshot.unwrap().snapshot_id)
         .collect();
-    let mut seen = BTreeSet::new();
-    let mut token = String::new();
-    let mut pages = 0;
-    loop {
-        let page = audit
-            .describe_snapshots_as_of(DescribeSnapshotsAsOfRequest {
-                request: Some(DescribeSnapshotsRequest {
-                    max_results: Some(5),
-                    next_token: token.clone(),
-                    ..Default::default()
-                }),
-                ..Default::default()
-            })
-            .await
-            .unwrap()
-            .into_inner();
-        seen.extend(
-            page.snapshots
-                .into_iter()
-                .map(|s| s.snapshot.unwrap().snapshot_id),
-        );
-        pages += 1;
-        if pages == 1 {
-            for r in [US, EU, AP] {
-                make_snapshot(&c, r).await;
-            }
-        }
-        token = page.response.unwrap().next_token;
-        if token.is_empty() {
-            break;
-        }
-        assert!(pages < 100);
-    }
+    let (paged, _) = paged_snapshots(&c, None, &[US, EU, AP]).await;
+    let seen: BTreeSet<String> = paged.into_iter().map(|(_, s)| s.snapshot_id).collect();
     assert_eq!(
         seen, present,
         "pages of the present read the history of their first page"
