@@ -263,6 +263,32 @@ impl CoordinatorAudit {
         }
     }
 
+    /// An as-of read over the regions it names (images or snapshots): plan, ask each region's
+    /// node, merge, answer.
+    async fn as_of<R: AsOfRead>(&self, request: Request<R>) -> Result<Response<R::Answer>, Status> {
+        let call = self.authorize(request.metadata(), R::RPC)?;
+        let (region, as_of, mut describe) = request.into_inner().into_parts();
+        let plan = self
+            .plan_as_of(&region, as_of.as_ref(), &mut describe, &call)
+            .await?;
+        let answers = self
+            .fan_out(&plan.regions, &call, |region, c| {
+                let point = plan.points.get(&region).cloned().flatten();
+                R::call(
+                    c,
+                    call.forward(R::for_region(point, describe.clone(), region)),
+                )
+            })
+            .await?;
+        let answers = answers
+            .into_iter()
+            .map(|(region, a)| (region, R::answer(a)));
+        let merged = plan
+            .merge(answers, R::id)
+            .map_err(|absent| call.ec2(&R::not_found(&absent)))?;
+        Ok(call.respond(R::respond(merged)))
+    }
+
     /// The regions, points and wanted ids of an as-of read of `describe` (explicit ids of a read
     /// over several regions become a filter of `describe`). A paged read over several regions
     /// (`max_results` or a `next_token` of such a read) asks one region per call: see
@@ -872,6 +898,143 @@ impl AsOfDescribe for DescribeSnapshotsRequest {
     }
 }
 
+/// One as-of RPC (images or snapshots): what [`CoordinatorAudit::as_of`] needs of its types.
+trait AsOfRead: Sized + Send + 'static {
+    type Describe: AsOfDescribe + Clone + Send + Sync;
+    type Item: Clone + Send;
+    type Answer: Send;
+    const RPC: &'static str;
+    /// The region named (empty: all), the point, the Describe request.
+    fn into_parts(self) -> (String, Option<AsOf>, Self::Describe);
+    /// The request to one region's node.
+    fn for_region(as_of: Option<AsOf>, describe: Self::Describe, region: String) -> Self;
+    fn call(
+        c: NodeAudit,
+        req: Request<Self>,
+    ) -> futures::future::BoxFuture<'static, Result<Response<Self::Answer>, Status>>;
+    /// A node's answer.
+    fn answer(a: Self::Answer) -> AsOfAnswer<Self::Item>;
+    fn id(item: &Self::Item) -> &str;
+    /// The error of explicit ids no region shows.
+    fn not_found(absent: &[&str]) -> Ec2Error;
+    /// The coordinator's answer.
+    fn respond(merged: AsOfMerged<Self::Item>) -> Self::Answer;
+}
+
+impl AsOfRead for DescribeImagesAsOfRequest {
+    type Describe = DescribeImagesRequest;
+    type Item = amisim_proto::Image;
+    type Answer = DescribeImagesAsOfResponse;
+    const RPC: &'static str = "DescribeImagesAsOf";
+    fn into_parts(self) -> (String, Option<AsOf>, Self::Describe) {
+        (self.region, self.as_of, self.request.unwrap_or_default())
+    }
+    fn for_region(as_of: Option<AsOf>, describe: Self::Describe, region: String) -> Self {
+        DescribeImagesAsOfRequest {
+            as_of,
+            request: Some(describe),
+            region,
+        }
+    }
+    fn call(
+        mut c: NodeAudit,
+        req: Request<Self>,
+    ) -> futures::future::BoxFuture<'static, Result<Response<Self::Answer>, Status>> {
+        Box::pin(async move { c.describe_images_as_of(req).await })
+    }
+    fn answer(a: Self::Answer) -> AsOfAnswer<Self::Item> {
+        let response = a.response.unwrap_or_default();
+        AsOfAnswer {
+            seq: a.seq,
+            sim_time_ms: a.sim_time_ms,
+            next_token: response.next_token,
+            items: response.images,
+        }
+    }
+    fn id(item: &Self::Item) -> &str {
+        &item.image_id
+    }
+    fn not_found(absent: &[&str]) -> Ec2Error {
+        Ec2Error::image_not_found(absent)
+    }
+    fn respond(merged: AsOfMerged<Self::Item>) -> Self::Answer {
+        DescribeImagesAsOfResponse {
+            seq: merged.seq,
+            sim_time_ms: merged.sim_time_ms,
+            response: Some(DescribeImagesResponse {
+                images: merged.items.iter().map(|(_, i)| i.clone()).collect(),
+                next_token: merged.next_token,
+            }),
+            regions: merged.regions,
+            images: merged
+                .items
+                .into_iter()
+                .map(|(region, image)| RegionImage {
+                    region,
+                    image: Some(image),
+                })
+                .collect(),
+        }
+    }
+}
+
+impl AsOfRead for DescribeSnapshotsAsOfRequest {
+    type Describe = DescribeSnapshotsRequest;
+    type Item = amisim_proto::Snapshot;
+    type Answer = DescribeSnapshotsAsOfResponse;
+    const RPC: &'static str = "DescribeSnapshotsAsOf";
+    fn into_parts(self) -> (String, Option<AsOf>, Self::Describe) {
+        (self.region, self.as_of, self.request.unwrap_or_default())
+    }
+    fn for_region(as_of: Option<AsOf>, describe: Self::Describe, region: String) -> Self {
+        DescribeSnapshotsAsOfRequest {
+            as_of,
+            request: Some(describe),
+            region,
+        }
+    }
+    fn call(
+        mut c: NodeAudit,
+        req: Request<Self>,
+    ) -> futures::future::BoxFuture<'static, Result<Response<Self::Answer>, Status>> {
+        Box::pin(async move { c.describe_snapshots_as_of(req).await })
+    }
+    fn answer(a: Self::Answer) -> AsOfAnswer<Self::Item> {
+        let response = a.response.unwrap_or_default();
+        AsOfAnswer {
+            seq: a.seq,
+            sim_time_ms: a.sim_time_ms,
+            next_token: response.next_token,
+            items: response.snapshots,
+        }
+    }
+    fn id(item: &Self::Item) -> &str {
+        &item.snapshot_id
+    }
+    fn not_found(absent: &[&str]) -> Ec2Error {
+        Ec2Error::snapshot_not_found(&absent.join(", "))
+    }
+    fn respond(merged: AsOfMerged<Self::Item>) -> Self::Answer {
+        DescribeSnapshotsAsOfResponse {
+            seq: merged.seq,
+            sim_time_ms: merged.sim_time_ms,
+            response: Some(DescribeSnapshotsResponse {
+                snapshots: merged.items.iter().map(|(_, s)| s.clone()).collect(),
+                next_token: merged.next_token,
+            }),
+            regions: merged.regions,
+            snapshots: merged
+                .items
+                .into_iter()
+                .map(|(region, snapshot)| RegionSnapshot {
+                    region,
+                    snapshot: Some(snapshot),
+                })
+                .collect(),
+        }
+    }
+}
+
 /// What an as-of read asks of the regions: which ones, the point each reads at, and the
 /// explicit ids of a read over several regions (each must be shown by some region).
 struct AsOfPlan {
@@ -1093,104 +1256,14 @@ impl Audit for CoordinatorAudit {
         &self,
         request: Request<DescribeImagesAsOfRequest>,
     ) -> Result<Response<DescribeImagesAsOfResponse>, Status> {
-        let call = self.authorize(request.metadata(), "DescribeImagesAsOf")?;
-        let r = request.into_inner();
-        let mut describe: DescribeImagesRequest = r.request.unwrap_or_default();
-        let plan = self
-            .plan_as_of(&r.region, r.as_of.as_ref(), &mut describe, &call)
-            .await?;
-        let answers = self
-            .fan_out(&plan.regions, &call, |region, mut c| {
-                let req = call.forward(DescribeImagesAsOfRequest {
-                    as_of: plan.points.get(&region).cloned().flatten(),
-                    request: Some(describe.clone()),
-                    region,
-                });
-                async move { c.describe_images_as_of(req).await }
-            })
-            .await?;
-        let answers = answers.into_iter().map(|(region, a)| {
-            let response = a.response.unwrap_or_default();
-            let answer = AsOfAnswer {
-                seq: a.seq,
-                sim_time_ms: a.sim_time_ms,
-                next_token: response.next_token,
-                items: response.images,
-            };
-            (region, answer)
-        });
-        let merged = plan
-            .merge(answers, |i| i.image_id.as_str())
-            .map_err(|absent| call.ec2(&Ec2Error::image_not_found(&absent)))?;
-        Ok(call.respond(DescribeImagesAsOfResponse {
-            seq: merged.seq,
-            sim_time_ms: merged.sim_time_ms,
-            response: Some(DescribeImagesResponse {
-                images: merged.items.iter().map(|(_, i)| i.clone()).collect(),
-                next_token: merged.next_token,
-            }),
-            regions: merged.regions,
-            images: merged
-                .items
-                .into_iter()
-                .map(|(region, image)| RegionImage {
-                    region,
-                    image: Some(image),
-                })
-                .collect(),
-        }))
+        self.as_of(request).await
     }
 
     async fn describe_snapshots_as_of(
         &self,
         request: Request<DescribeSnapshotsAsOfRequest>,
     ) -> Result<Response<DescribeSnapshotsAsOfResponse>, Status> {
-        let call = self.authorize(request.metadata(), "DescribeSnapshotsAsOf")?;
-        let r = request.into_inner();
-        let mut describe: DescribeSnapshotsRequest = r.request.unwrap_or_default();
-        let plan = self
-            .plan_as_of(&r.region, r.as_of.as_ref(), &mut describe, &call)
-            .await?;
-        let answers = self
-            .fan_out(&plan.regions, &call, |region, mut c| {
-                let req = call.forward(DescribeSnapshotsAsOfRequest {
-                    as_of: plan.points.get(&region).cloned().flatten(),
-                    request: Some(describe.clone()),
-                    region,
-                });
-                async move { c.describe_snapshots_as_of(req).await }
-            })
-            .await?;
-        let answers = answers.into_iter().map(|(region, a)| {
-            let response = a.response.unwrap_or_default();
-            let answer = AsOfAnswer {
-                seq: a.seq,
-                sim_time_ms: a.sim_time_ms,
-                next_token: response.next_token,
-                items: response.snapshots,
-            };
-            (region, answer)
-        });
-        let merged = plan
-            .merge(answers, |s| s.snapshot_id.as_str())
-            .map_err(|absent| call.ec2(&Ec2Error::snapshot_not_found(&absent.join(", "))))?;
-        Ok(call.respond(DescribeSnapshotsAsOfResponse {
-            seq: merged.seq,
-            sim_time_ms: merged.sim_time_ms,
-            response: Some(DescribeSnapshotsResponse {
-                snapshots: merged.items.iter().map(|(_, s)| s.clone()).collect(),
-                next_token: merged.next_token,
-            }),
-            regions: merged.regions,
-            snapshots: merged
-                .items
-                .into_iter()
-                .map(|(region, snapshot)| RegionSnapshot {
-                    region,
-                    snapshot: Some(snapshot),
-                })
-                .collect(),
-        }))
+        self.as_of(request).await
     }
 
     async fn lookup_events(
