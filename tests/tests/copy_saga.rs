@@ -558,11 +558,20 @@ async fn dev_drives_copies_and_serves_the_coordinator_service() {
     assert_eq!(image.source_image_id, src.image_id);
     assert_eq!(image.source_image_region, SOURCE);
 
-    let listed = CoordinatorClient::new(channel)
-        .list_copies(ListCopiesRequest::default())
-        .await
-        .expect("ListCopies")
-        .into_inner();
+    // The coordinator's projection follows the region's log: it may trail the region's own
+    // answer by a moment (it is eventually consistent without a consistency token).
+    let listed = eventually("ListCopies shows the copy available", LONG, || {
+        let mut coordinator = CoordinatorClient::new(channel.clone());
+        async move {
+            let listed = coordinator
+                .list_copies(ListCopiesRequest::default())
+                .await
+                .ok()?
+                .into_inner();
+            (listed.copies.first()?.phase == "available").then_some(listed)
+        }
+    })
+    .await;
     assert_eq!(listed.copies.len(), 1, "{listed:?}");
     let c = &listed.copies[0];
     assert_eq!(
