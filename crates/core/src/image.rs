@@ -2142,6 +2142,47 @@ mod tests {
         h.assert_replay_equals_live();
     }
 
+    /// The writer fires timers in place (`tick_into`, applied once); a replay applies the same
+    /// payloads one by one. Both must leave the same state, and fire the same events as the
+    /// `Tick` command, also when one timer's event changes what a later one fires (the last
+    /// snapshot of a CreateImage makes its image available in the same tick).
+    #[test]
+    fn ticking_in_place_equals_deciding_the_tick_and_applying_its_events() {
+        let mut h = Harness::new();
+        h.given(instance(1, OWNER, "running", "ebs", &[ROOT, DATA]));
+        create(&mut h, OWNER, create_request(1, "web-from-instance")).unwrap();
+        let sid = snap_id(h.log.len() as u64 + 1);
+        h.given(completed_snapshot(&sid, OWNER, 8));
+        register(&mut h, OWNER, ebs_request("registered", &sid)).unwrap();
+        h.now_ms += 3_600_000;
+        let mut ctx = Ctx::new(
+            h.region,
+            ids::SYSTEM_ACCOUNT,
+            h.now_ms,
+            &mut h.rng,
+            &h.config,
+        );
+        let decided = crate::tick::tick(&h.state, &mut ctx).unwrap().events;
+        let mut in_place = h.state.clone();
+        let fired = crate::tick::tick_into(&mut in_place, &mut ctx);
+        assert_eq!(fired, decided);
+        assert!(
+            fired.len() >= 4
+                && fired
+                    .iter()
+                    .filter(|p| matches!(p, Payload::ImageAvailable(_)))
+                    .count()
+                    == 2,
+            "two snapshots and two images: {fired:?}"
+        );
+        let mut applied = h.state.clone();
+        for p in &fired {
+            applied.apply_payload(p);
+        }
+        assert!(in_place.timers.is_empty());
+        assert_eq!(in_place, applied);
+    }
+
     #[test]
     fn sim_create_image_does_not_change_the_instance_state() {
         let mut h = Harness::new();

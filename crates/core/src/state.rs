@@ -492,6 +492,14 @@ impl State {
     pub fn apply(&mut self, event: &Event) {
         if let Some(p) = &event.payload {
             self.apply_payload(p);
+        }
+        self.note_applied(event);
+    }
+
+    /// The part of [`State::apply`] that needs the event's envelope (its seq and time), for an
+    /// event whose payload is applied already ([`crate::tick::tick_into`]).
+    pub fn note_applied(&mut self, event: &Event) {
+        if let Some(p) = &event.payload {
             crate::copy::note_position(self, p, event.seq);
         }
         self.seq = event.seq;

@@ -13,24 +13,42 @@ use crate::{Ctx, Decision, Reply};
 /// Fires every timer due at or before `ctx.now_ms`.
 pub fn tick(state: &State, ctx: &mut Ctx<'_>) -> Ec2Result<Decision> {
     let mut scratch = state.clone();
+    let events = tick_into(&mut scratch, ctx);
+    Ok(Decision::new(events, Reply::Tick))
+}
+
+/// [`tick`] applied in place: fires every due timer of `state`, applies each event's payload to
+/// `state` as it goes (a later timer sees what an earlier one did), and returns the payloads in
+/// order. `state` then equals the caller's state with [`State::apply_payload`] of each (only
+/// events change it: a timer that fires nothing stays, as it would in a replay), so a writer
+/// that already owns a working copy applies a tick once instead of twice (the copy-on-write of
+/// a persistent map is most of an apply); it still owes each event [`State::note_applied`]
+/// once the log's seq is known.
+pub fn tick_into(state: &mut State, ctx: &mut Ctx<'_>) -> Vec<Payload> {
     let mut events = Vec::new();
-    // Each fired timer's event removes it from `scratch.timers`; a bound keeps a faulty timer
-    // from looping forever.
+    // Timers handled by this tick. A fired timer's event normally removes it from
+    // `state.timers`; one whose firing produced nothing (or whose event left it) is skipped
+    // from then on. The earliest timer not yet handled goes next, so a timer added by an event
+    // and already due fires in this tick too. A bound keeps a faulty timer from looping forever.
+    let mut handled: std::collections::HashSet<(u64, Timer)> = std::collections::HashSet::new();
     for _ in 0..100_000 {
-        let Some((due, timer)) = scratch.timers.get_min().cloned() else {
+        let Some((due, timer)) = state
+            .timers
+            .iter()
+            .take_while(|(due, _)| *due <= ctx.now_ms)
+            .find(|t| !handled.contains(*t))
+            .cloned()
+        else {
             break;
         };
-        if due > ctx.now_ms {
-            break;
-        }
-        let fired = fire(&scratch, &timer, ctx);
-        scratch.timers.remove(&(due, timer));
+        let fired = fire(state, &timer, ctx);
+        handled.insert((due, timer));
         for e in fired {
-            scratch.apply_payload(&e);
+            state.apply_payload(&e);
             events.push(e);
         }
     }
-    Ok(Decision::new(events, Reply::Tick))
+    events
 }
 
 fn fire(state: &State, timer: &Timer, ctx: &Ctx<'_>) -> Vec<Payload> {

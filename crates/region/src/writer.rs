@@ -417,15 +417,7 @@ impl Writer {
                 .take_while(|(t, _)| *t <= now)
                 .cloned()
                 .collect();
-            let result = self.decide_one(
-                &mut working,
-                &mut events,
-                ids::SYSTEM_ACCOUNT,
-                "",
-                Command::Tick,
-                now,
-                wall,
-            );
+            let result = self.tick_one(&mut working, &mut events, now, wall);
             if let Err(e) = &result {
                 tracing::error!(region = %self.region, error = %e, "timer tick failed");
             }
@@ -524,6 +516,76 @@ impl Writer {
                 ))
             })?
         };
+        Ok(self.stage(
+            working, events, account_id, request_id, decision, false, now, wall,
+        ))
+    }
+
+    /// Fires the due timers in place on `working` ([`amisim_core::tick::tick_into`]: applied
+    /// once, not decided on a copy and applied again) and stages their envelopes. A panic in
+    /// the domain restores `working` (nothing half done) and is answered as `InternalError`.
+    fn tick_one(
+        &mut self,
+        working: &mut State,
+        events: &mut Vec<Event>,
+        now: u64,
+        wall: u64,
+    ) -> Result<(Reply, Option<u64>), Ec2Error> {
+        // O(1): the maps are persistent. `working` already shares its nodes with the decided
+        // state, so keeping this copy makes the tick copy nothing more.
+        let before = working.clone();
+        let fired = {
+            let mut ctx = Ctx::new(
+                &self.region,
+                ids::SYSTEM_ACCOUNT,
+                now,
+                &mut self.rng,
+                &self.config,
+            )
+            .with_membership(&self.membership);
+            catch_unwind(AssertUnwindSafe(|| {
+                amisim_core::tick::tick_into(working, &mut ctx)
+            }))
+        };
+        match fired {
+            Ok(payloads) => {
+                let decision = amisim_core::Decision::new(payloads, Reply::Tick);
+                Ok(self.stage(
+                    working,
+                    events,
+                    ids::SYSTEM_ACCOUNT,
+                    "",
+                    decision,
+                    true,
+                    now,
+                    wall,
+                ))
+            }
+            Err(_) => {
+                *working = before;
+                tracing::error!(region = %self.region, "the domain panicked firing timers");
+                Err(Ec2Error::internal(
+                    "An internal error has occurred (the timers could not be fired)",
+                ))
+            }
+        }
+    }
+
+    /// Wraps a decision's events in their envelopes (the seqs the log will give them), applies
+    /// them to `working` (only their envelope part when `applied`: the payloads are in it
+    /// already) and stages them in `events`. The reply, and the seq of the last event.
+    #[allow(clippy::too_many_arguments)]
+    fn stage(
+        &mut self,
+        working: &mut State,
+        events: &mut Vec<Event>,
+        account_id: &str,
+        request_id: &str,
+        decision: amisim_core::Decision,
+        applied: bool,
+        now: u64,
+        wall: u64,
+    ) -> (Reply, Option<u64>) {
         let mut last = None;
         let correlation_id = decision.correlation_id.unwrap_or_default();
         for payload in decision.events {
@@ -543,7 +605,11 @@ impl Writer {
                 payload: Some(payload),
                 ..Default::default()
             };
-            working.apply(&event);
+            if applied {
+                working.note_applied(&event);
+            } else {
+                working.apply(&event);
+            }
             events.push(event);
         }
         let mut reply = decision.reply;
@@ -556,7 +622,7 @@ impl Writer {
                 }
             }
         }
-        Ok((reply, last))
+        (reply, last)
     }
 }
 
