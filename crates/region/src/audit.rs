@@ -29,6 +29,7 @@ pub mod as_of;
 pub mod digest;
 pub mod lookup;
 pub mod requests;
+pub mod resources;
 pub mod service;
 pub mod stream;
 pub mod time;

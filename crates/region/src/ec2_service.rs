@@ -141,7 +141,7 @@ impl Ec2Service {
 
     /// The request record of a call, up to its outcome (ADR 0007); `None` when the call is not
     /// recorded (a read with `--record-reads false`, or no recorder).
-    fn begin_record<Req: serde::Serialize + Clone + Send + Sync + 'static>(
+    fn begin_record<Req: serde::Serialize + prost::Message + Clone + Send + Sync + 'static>(
         &self,
         request: &Request<Req>,
         account: &Result<String, Ec2Error>,
@@ -199,8 +199,8 @@ impl Ec2Service {
 
     /// A write: authentication, the writer, the reply with its request id and consistency token.
     pub(crate) async fn write<
-        Req: serde::Serialize + Clone + Send + Sync + 'static,
-        Resp: serde::Serialize + Clone + Send + Sync + 'static,
+        Req: serde::Serialize + prost::Message + Clone + Send + Sync + 'static,
+        Resp: serde::Serialize + prost::Message + Clone + Send + Sync + 'static,
     >(
         &self,
         request: Request<Req>,
@@ -257,7 +257,10 @@ impl Ec2Service {
     }
 
     /// A read: authentication, the published state, the answer with its request id.
-    pub(crate) fn read<Req: serde::Serialize + Clone + Send + Sync + 'static, Resp>(
+    pub(crate) fn read<
+        Req: serde::Serialize + prost::Message + Clone + Send + Sync + 'static,
+        Resp,
+    >(
         &self,
         request: Request<Req>,
         query: fn(Req) -> Query,

@@ -99,7 +99,7 @@ impl Record {
                 .iter()
                 .map(|x| (x.resource_type.clone(), x.resource_name.clone()))
                 .collect(),
-            json: r.cloudtrail_json.clone(),
+            json: requests::cloudtrail_json(e, r),
         })
     }
 

@@ -147,27 +147,65 @@ impl ApiCall {
 }
 
 /// A record's `requestParameters` or `responseElements`: JSON already, or a copy of the message
-/// rendered by [`to_json`] on the recorder's thread ([`Params::message`]): building JSON on the
-/// request path cost a durable RegisterImage more than the copy does.
+/// ([`Params::message`]), kept as protobuf bytes in the record and rendered as JSON only when
+/// the record is read (ADR 0012): building JSON on the request path, or even on the recorder's
+/// thread, cost a durable RegisterImage more than the copy does.
 #[derive(Clone)]
 pub enum Params {
     /// Rendered.
     Json(Value),
-    /// To render when the record is written.
-    Message(Arc<dyn Fn() -> Value + Send + Sync>),
+    /// A copy of the call's message.
+    Message(Arc<dyn RecordedMessage>),
+}
+
+/// A message a record keeps: as bytes, as JSON, and the resources it names.
+pub trait RecordedMessage: Send + Sync {
+    /// The message as JSON ([`to_json`]).
+    fn json(&self) -> Value;
+    /// The message as protobuf bytes.
+    fn encode(&self) -> Vec<u8>;
+    /// Appends the resources the message names ([`resources_of`] of its JSON, without
+    /// building it).
+    fn collect_resources(&self, out: &mut Vec<(String, String)>);
+    /// The message's Rust type: the bytes are only kept when it is the type the RPC's name
+    /// decodes to.
+    fn message_type(&self) -> std::any::TypeId;
+}
+
+struct Typed<T>(T);
+
+impl<T> RecordedMessage for Typed<T>
+where
+    T: serde::Serialize + prost::Message + Send + Sync + 'static,
+{
+    fn json(&self) -> Value {
+        to_json(&self.0)
+    }
+    fn encode(&self) -> Vec<u8> {
+        self.0.encode_to_vec()
+    }
+    fn collect_resources(&self, out: &mut Vec<(String, String)>) {
+        super::resources::collect_resources(&self.0, out);
+    }
+    fn message_type(&self) -> std::any::TypeId {
+        std::any::TypeId::of::<T>()
+    }
 }
 
 impl Params {
-    /// A copy of `message`, rendered later.
-    pub fn message<T: serde::Serialize + Send + Sync + 'static>(message: T) -> Params {
-        Params::Message(Arc::new(move || to_json(&message)))
+    /// A copy of `message`, kept as bytes (rendered when the record is read).
+    pub fn message<T>(message: T) -> Params
+    where
+        T: serde::Serialize + prost::Message + Send + Sync + 'static,
+    {
+        Params::Message(Arc::new(Typed(message)))
     }
 
     /// The JSON.
     pub fn render(&self) -> Value {
         match self {
             Params::Json(v) => v.clone(),
-            Params::Message(f) => f(),
+            Params::Message(m) => m.json(),
         }
     }
 
@@ -175,7 +213,7 @@ impl Params {
     pub fn into_json(self) -> Value {
         match self {
             Params::Json(v) => v,
-            Params::Message(f) => f(),
+            Params::Message(m) => m.json(),
         }
     }
 }
@@ -196,7 +234,7 @@ impl std::fmt::Debug for Params {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Params::Json(v) => write!(f, "{v}"),
-            Params::Message(_) => f.write_str("<message, rendered when recorded>"),
+            Params::Message(_) => f.write_str("<message, rendered when the record is read>"),
         }
     }
 }
@@ -335,30 +373,209 @@ pub fn resources_json(region: &str, account: &str, resources: &[(String, String)
     )
 }
 
-/// The CloudTrail record of `call` (with its `eventID`), and its event for the request log.
-pub fn record_event(region: &str, call: &ApiCall, event_id: &str, wall_time_ms: u64) -> Event {
-    let request_parameters = call.request_parameters.render();
-    let response_elements = call.response_elements.as_ref().map(Params::render);
-    record_event_of(
-        region,
-        call,
-        request_parameters,
-        response_elements,
-        event_id,
-        wall_time_ms,
-    )
+/// The proto service of an `eventSource` (the name [`amisim_proto::visit_rpc`] takes).
+fn service_of(event_source: &str) -> Option<&'static str> {
+    match event_source {
+        EC2_SOURCE => Some("Ec2"),
+        KMS_SOURCE => Some("Kms"),
+        _ => None,
+    }
 }
 
-/// [`record_event`] of a call whose JSON parts were taken out of it (the recorder's thread:
-/// no copies).
-fn record_event_of(
-    region: &str,
-    call: &ApiCall,
+/// The request and response types of an RPC, as [`std::any::TypeId`]s.
+struct TypesOf;
+
+impl amisim_proto::RpcVisitor for TypesOf {
+    type Output = (std::any::TypeId, std::any::TypeId);
+    fn visit<Req, Resp>(self) -> Self::Output
+    where
+        Req: prost::Message + Default + serde::Serialize + 'static,
+        Resp: prost::Message + Default + serde::Serialize + 'static,
+    {
+        (
+            std::any::TypeId::of::<Req>(),
+            std::any::TypeId::of::<Resp>(),
+        )
+    }
+}
+
+/// Decodes a stored request (or response) of an RPC and renders it as JSON ([`to_json`]).
+struct RenderStored<'a> {
+    bytes: &'a [u8],
+    response: bool,
+}
+
+impl amisim_proto::RpcVisitor for RenderStored<'_> {
+    type Output = Value;
+    fn visit<Req, Resp>(self) -> Value
+    where
+        Req: prost::Message + Default + serde::Serialize + 'static,
+        Resp: prost::Message + Default + serde::Serialize + 'static,
+    {
+        let undecodable = |e: prost::DecodeError| json!({ "amisimError": format!("cannot decode the stored message: {e}") });
+        if self.response {
+            Resp::decode(self.bytes).map_or_else(undecodable, |m| to_json(&m))
+        } else {
+            Req::decode(self.bytes).map_or_else(undecodable, |m| to_json(&m))
+        }
+    }
+}
+
+/// Stores `params` into a compact record: protobuf bytes when it is a message of the RPC's own
+/// type (`expected`), JSON otherwise; appends its resources.
+fn store_params(
+    params: &Params,
+    expected: Option<std::any::TypeId>,
+    bytes: &mut Vec<u8>,
+    json_text: &mut String,
+    resources: &mut Vec<(String, String)>,
+) {
+    match params {
+        Params::Message(m) if expected == Some(m.message_type()) => {
+            *bytes = m.encode();
+            m.collect_resources(resources);
+        }
+        other => {
+            let v = other.render();
+            walk(&v, None, resources);
+            *json_text = v.to_string();
+        }
+    }
+}
+
+/// The event of `call` (with its `eventID`) for the request log: a compact record (ADR 0012)
+/// that keeps the call's messages as protobuf bytes; [`cloudtrail_json`] renders its
+/// CloudTrail record when it is read.
+pub fn record_event(region: &str, call: &ApiCall, event_id: &str, wall_time_ms: u64) -> Event {
+    let types = service_of(call.event_source)
+        .and_then(|service| amisim_proto::visit_rpc(service, call.event_name, TypesOf));
+    let username = call.username();
+    let mut resources = Vec::new();
+    let mut r = ApiCallRecorded {
+        compact: true,
+        event_name: call.event_name.to_string(),
+        event_source: call.event_source.to_string(),
+        account_id: username.clone(),
+        authenticated: call.account_id.is_some(),
+        read_only: call.read_only,
+        event_time_ms: call.time_ms,
+        source_ip_address: call.source_ip.clone().unwrap_or_default(),
+        user_agent: call.user_agent.clone().unwrap_or_default(),
+        ..Default::default()
+    };
+    if let Some((code, message)) = &call.error {
+        r.error_code = code.clone();
+        r.error_message = message.clone();
+    }
+    store_params(
+        &call.request_parameters,
+        types.map(|t| t.0),
+        &mut r.request_message,
+        &mut r.request_parameters_json,
+        &mut resources,
+    );
+    if let Some(response) = &call.response_elements {
+        r.has_response = true;
+        store_params(
+            response,
+            types.map(|t| t.1),
+            &mut r.response_message,
+            &mut r.response_elements_json,
+            &mut resources,
+        );
+    }
+    r.resources = resources
+        .into_iter()
+        .map(|(resource_type, resource_name)| ApiCallResource {
+            resource_type,
+            resource_name,
+        })
+        .collect();
+    Event {
+        region: region.to_string(),
+        event_id: event_id.to_string(),
+        sim_time_ms: call.time_ms,
+        wall_time_ms,
+        account_id: username,
+        request_id: call.request_id.clone(),
+        payload: Some(Payload::ApiCallRecorded(r)),
+        ..Event::default()
+    }
+}
+
+/// The CloudTrail record (JSON) of a request-log record: as stored (records written before
+/// ADR 0012, and the recorder's own `RecordsDropped`), or rendered from a compact record and
+/// its event's envelope.
+pub fn cloudtrail_json(e: &Event, r: &ApiCallRecorded) -> String {
+    if !r.compact {
+        return r.cloudtrail_json.clone();
+    }
+    let stored = |bytes: &[u8], json_text: &str, response: bool| -> Value {
+        if !json_text.is_empty() {
+            return serde_json::from_str(json_text).unwrap_or_else(
+                |e| json!({ "amisimError": format!("cannot parse the stored JSON: {e}") }),
+            );
+        }
+        service_of(&r.event_source)
+            .and_then(|service| {
+                amisim_proto::visit_rpc(service, &r.event_name, RenderStored { bytes, response })
+            })
+            .unwrap_or_else(|| {
+                json!({ "amisimError": format!("no RPC {} of {}", r.event_name, r.event_source) })
+            })
+    };
+    let request = stored(&r.request_message, &r.request_parameters_json, false);
+    let response = r
+        .has_response
+        .then(|| stored(&r.response_message, &r.response_elements_json, true));
+    let some = |s: &str| (!s.is_empty()).then(|| s.to_string());
+    let resources: Vec<(String, String)> = r
+        .resources
+        .iter()
+        .map(|x| (x.resource_type.clone(), x.resource_name.clone()))
+        .collect();
+    let view = RecordView {
+        region: &e.region,
+        event_source: &r.event_source,
+        event_name: &r.event_name,
+        account_id: r.authenticated.then(|| r.account_id.clone()),
+        claimed_account: (!r.authenticated).then(|| some(&r.account_id)).flatten(),
+        time_ms: r.event_time_ms,
+        source_ip: some(&r.source_ip_address),
+        user_agent: some(&r.user_agent),
+        error: (!r.error_code.is_empty()).then(|| (r.error_code.clone(), r.error_message.clone())),
+        request_id: &e.request_id,
+        event_id: &e.event_id,
+        read_only: r.read_only,
+    };
+    Value::Object(cloudtrail_map(&view, request, response, &resources)).to_string()
+}
+
+/// What a CloudTrail record says about its call, besides its messages.
+struct RecordView<'a> {
+    region: &'a str,
+    event_source: &'a str,
+    event_name: &'a str,
+    /// The authenticated account.
+    account_id: Option<String>,
+    /// When authentication failed: the account the caller claimed.
+    claimed_account: Option<String>,
+    time_ms: u64,
+    source_ip: Option<String>,
+    user_agent: Option<String>,
+    error: Option<(String, String)>,
+    request_id: &'a str,
+    event_id: &'a str,
+    read_only: bool,
+}
+
+/// The CloudTrail record's fields, in CloudTrail's order.
+fn cloudtrail_map(
+    call: &RecordView<'_>,
     request_parameters: Value,
     response_elements: Option<Value>,
-    event_id: &str,
-    wall_time_ms: u64,
-) -> Event {
+    resources: &[(String, String)],
+) -> Map<String, Value> {
     let account = call.account_id.clone().unwrap_or_default();
     let user_identity = match &call.account_id {
         Some(a) => json!({
@@ -372,18 +589,13 @@ fn record_event_of(
             None => json!({ "type": "Unknown" }),
         },
     };
-    let mut sources = vec![&request_parameters];
-    if let Some(r) = &response_elements {
-        sources.push(r);
-    }
-    let resources = resources_of(&sources);
     let mut m = Map::new();
     m.insert("eventVersion".into(), json!(EVENT_VERSION));
     m.insert("userIdentity".into(), user_identity);
     m.insert("eventTime".into(), json!(event_time(call.time_ms)));
     m.insert("eventSource".into(), json!(call.event_source));
     m.insert("eventName".into(), json!(call.event_name));
-    m.insert("awsRegion".into(), json!(region));
+    m.insert("awsRegion".into(), json!(call.region));
     m.insert("sourceIPAddress".into(), json!(call.source_ip));
     m.insert("userAgent".into(), json!(call.user_agent));
     if let Some((code, message)) = &call.error {
@@ -396,12 +608,12 @@ fn record_event_of(
         response_elements.unwrap_or(Value::Null),
     );
     m.insert("requestID".into(), json!(call.request_id));
-    m.insert("eventID".into(), json!(event_id));
+    m.insert("eventID".into(), json!(call.event_id));
     m.insert("readOnly".into(), json!(call.read_only));
     if !resources.is_empty() {
         m.insert(
             "resources".into(),
-            resources_json(region, &account, &resources),
+            resources_json(call.region, &account, resources),
         );
     }
     m.insert("eventType".into(), json!("AwsApiCall"));
@@ -410,36 +622,7 @@ fn record_event_of(
         m.insert("recipientAccountId".into(), json!(account));
     }
     m.insert("eventCategory".into(), json!("Management"));
-    let username = call.username();
-    Event {
-        region: region.to_string(),
-        event_id: event_id.to_string(),
-        sim_time_ms: call.time_ms,
-        wall_time_ms,
-        account_id: username.clone(),
-        request_id: call.request_id.clone(),
-        payload: Some(Payload::ApiCallRecorded(ApiCallRecorded {
-            cloudtrail_json: Value::Object(m).to_string(),
-            event_name: call.event_name.to_string(),
-            event_source: call.event_source.to_string(),
-            account_id: username,
-            read_only: call.read_only,
-            error_code: call
-                .error
-                .as_ref()
-                .map(|(c, _)| c.clone())
-                .unwrap_or_default(),
-            resources: resources
-                .into_iter()
-                .map(|(resource_type, resource_name)| ApiCallResource {
-                    resource_type,
-                    resource_name,
-                })
-                .collect(),
-            event_time_ms: call.time_ms,
-        })),
-        ..Event::default()
-    }
+    m
 }
 
 /// The record of `dropped` records lost to a full queue (see the module docs).
@@ -806,9 +989,7 @@ impl Drain {
                     self.last_ms = self.last_ms.max(call.time_ms);
                     call.time_ms = self.last_ms;
                     let id = amisim_core::ids::generate_uuid(&mut rng);
-                    let request = std::mem::take(&mut call.request_parameters).into_json();
-                    let response = call.response_elements.take().map(Params::into_json);
-                    record_event_of(&self.region, call, request, response, &id, wall)
+                    record_event(&self.region, call, &id, wall)
                 }));
                 match self.log.append(events) {
                     Ok(stamped) => {
@@ -867,7 +1048,7 @@ mod tests {
         let Some(Payload::ApiCallRecorded(r)) = &e.payload else {
             panic!("{e:?}")
         };
-        let v: Value = serde_json::from_str(&r.cloudtrail_json).unwrap();
+        let v: Value = serde_json::from_str(&cloudtrail_json(&e, r)).unwrap();
         assert_eq!(v["eventVersion"], "1.11");
         assert_eq!(v["eventTime"], "2024-05-01T00:00:00Z");
         assert_eq!(v["eventSource"], "ec2.amazonaws.com");
@@ -882,6 +1063,173 @@ mod tests {
         );
         assert_eq!(r.resources.len(), 2, "a name is not a resource");
         assert_eq!(e.account_id, "123456789012");
+    }
+
+    fn typed_call() -> ApiCall {
+        let request = amisim_proto::RegisterImageRequest {
+            name: "web-1".into(),
+            root_device_name: "/dev/xvda".into(),
+            block_device_mappings: vec![amisim_proto::BlockDeviceMapping {
+                device_name: "/dev/xvda".into(),
+                ebs: Some(amisim_proto::EbsBlockDevice {
+                    snapshot_id: "snap-0123456789abcdef0".into(),
+                    volume_size: Some(8),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }],
+            architecture: "x86_64".into(),
+            ..Default::default()
+        };
+        let response = amisim_proto::RegisterImageResponse {
+            image_id: "ami-0123456789abcdef0".into(),
+        };
+        ApiCall {
+            event_source: EC2_SOURCE,
+            event_name: "RegisterImage",
+            account_id: Some("123456789012".into()),
+            request_id: "req-7".into(),
+            source_ip: Some("127.0.0.1".into()),
+            user_agent: Some("grpc-python/1.62".into()),
+            request_parameters: Params::message(request),
+            response_elements: Some(Params::message(response)),
+            time_ms: 1_714_521_600_123,
+            ..ApiCall::default()
+        }
+    }
+
+    fn recorded(e: &Event) -> &ApiCallRecorded {
+        match &e.payload {
+            Some(Payload::ApiCallRecorded(r)) => r,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    /// ADR 0012: a call's messages are kept as protobuf bytes, and the record read back is the
+    /// one the same call with its JSON given up front renders.
+    #[test]
+    fn a_typed_call_is_stored_as_bytes_and_read_as_its_cloudtrail_record() {
+        let typed = typed_call();
+        let e = record_event("us-east-1", &typed, "ev-1", 0);
+        let r = recorded(&e);
+        assert!(r.compact && r.cloudtrail_json.is_empty());
+        assert!(!r.request_message.is_empty() && r.request_parameters_json.is_empty());
+        assert!(r.has_response && !r.response_message.is_empty());
+
+        let mut as_json = typed_call();
+        as_json.request_parameters = typed.request_parameters.render().into();
+        as_json.response_elements = typed.response_elements.as_ref().map(|p| p.render().into());
+        let j = record_event("us-east-1", &as_json, "ev-1", 0);
+        let rj = recorded(&j);
+        assert!(rj.request_message.is_empty() && !rj.request_parameters_json.is_empty());
+        assert_eq!(r.resources, rj.resources);
+
+        let v: Value = serde_json::from_str(&cloudtrail_json(&e, r)).unwrap();
+        let vj: Value = serde_json::from_str(&cloudtrail_json(&j, rj)).unwrap();
+        assert_eq!(v, vj);
+        assert_eq!(v["requestParameters"]["name"], "web-1");
+        assert_eq!(
+            v["requestParameters"]["blockDeviceMappings"][0]["ebs"]["volumeSize"],
+            8
+        );
+        assert_eq!(v["responseElements"]["imageId"], "ami-0123456789abcdef0");
+        assert_eq!(v["sourceIPAddress"], "127.0.0.1");
+        assert_eq!(v["userAgent"], "grpc-python/1.62");
+        assert_eq!(v["requestID"], "req-7");
+        assert_eq!(v["eventID"], "ev-1");
+        assert_eq!(v["recipientAccountId"], "123456789012");
+        let kinds: Vec<&str> = r
+            .resources
+            .iter()
+            .map(|x| x.resource_type.as_str())
+            .collect();
+        assert_eq!(kinds, ["AWS::EC2::Snapshot", "AWS::EC2::Image"]);
+
+        // The point of it: a fraction of the JSON on disk.
+        let stored = prost::Message::encoded_len(&e);
+        let rendered = cloudtrail_json(&e, r).len();
+        assert!(
+            stored * 2 < rendered,
+            "{stored} bytes stored for {rendered} of JSON"
+        );
+    }
+
+    #[test]
+    fn a_failed_unauthenticated_call_reads_back_with_its_claim_and_error() {
+        let mut c = typed_call();
+        c.account_id = None;
+        c.claimed_account = Some("999988887777".into());
+        c.response_elements = None;
+        c.source_ip = None;
+        c.error = Some(("AuthFailure".into(), "no such account".into()));
+        let e = record_event("us-east-1", &c, "ev-2", 0);
+        let r = recorded(&e);
+        assert!(!r.authenticated && !r.has_response);
+        let v: Value = serde_json::from_str(&cloudtrail_json(&e, r)).unwrap();
+        assert_eq!(
+            v["userIdentity"],
+            json!({"type": "Unknown", "accountId": "999988887777"})
+        );
+        assert_eq!(v["errorCode"], "AuthFailure");
+        assert_eq!(v["errorMessage"], "no such account");
+        assert_eq!(v["responseElements"], Value::Null);
+        assert_eq!(v["sourceIPAddress"], Value::Null);
+        assert!(v.get("recipientAccountId").is_none());
+        assert_eq!(v["requestParameters"]["name"], "web-1");
+    }
+
+    /// A message that is not the input type of the call's RPC (or a call with no RPC) is kept
+    /// as JSON: bytes are only kept when the name of the call decodes them.
+    #[test]
+    fn a_message_of_another_type_is_kept_as_json() {
+        let mut c = typed_call();
+        c.request_parameters = Params::message(amisim_proto::DescribeImagesRequest {
+            image_ids: vec!["ami-0123456789abcdef1".into()],
+            ..Default::default()
+        });
+        let e = record_event("us-east-1", &c, "ev-3", 0);
+        let r = recorded(&e);
+        assert!(r.request_message.is_empty());
+        assert_eq!(
+            r.request_parameters_json,
+            r#"{"imageIds":["ami-0123456789abcdef1"]}"#
+        );
+        assert!(
+            !r.response_message.is_empty(),
+            "the response is the RPC's own type"
+        );
+        let v: Value = serde_json::from_str(&cloudtrail_json(&e, r)).unwrap();
+        assert_eq!(
+            v["requestParameters"]["imageIds"][0],
+            "ami-0123456789abcdef1"
+        );
+
+        c.event_name = "NoSuchAction";
+        let e = record_event("us-east-1", &c, "ev-4", 0);
+        let r = recorded(&e);
+        assert!(r.request_message.is_empty() && r.response_message.is_empty());
+        let v: Value = serde_json::from_str(&cloudtrail_json(&e, r)).unwrap();
+        assert_eq!(v["responseElements"]["imageId"], "ami-0123456789abcdef0");
+    }
+
+    /// Records written before ADR 0012 kept their JSON: it is read as stored.
+    #[test]
+    fn a_record_from_before_compact_records_reads_as_stored() {
+        let e = Event {
+            region: "us-east-1".into(),
+            event_id: "ev-old".into(),
+            payload: Some(Payload::ApiCallRecorded(ApiCallRecorded {
+                cloudtrail_json: r#"{"eventName":"RegisterImage","eventID":"ev-old"}"#.into(),
+                event_name: "RegisterImage".into(),
+                event_source: EC2_SOURCE.into(),
+                ..Default::default()
+            })),
+            ..Event::default()
+        };
+        assert_eq!(
+            cloudtrail_json(&e, recorded(&e)),
+            r#"{"eventName":"RegisterImage","eventID":"ev-old"}"#
+        );
     }
 
     #[test]
