@@ -99,8 +99,7 @@ pub fn default_retention() -> Duration {
         ms => Duration::from_millis(ms),
     }
 }
-/// At most this many resources are listed per record.
-const MAX_RESOURCES: usize = 50;
+use super::resources::MAX_RESOURCES;
 /// A claimed (unauthenticated) account id longer than this is cut.
 const MAX_CLAIMED_ACCOUNT: usize = 64;
 
@@ -294,7 +293,9 @@ pub fn resources_of(values: &[&Value]) -> Vec<(String, String)> {
     out
 }
 
-fn walk(v: &Value, key: Option<&str>, out: &mut Vec<(String, String)>) {
+/// Appends the resources of `v` under `key` to `out` (in the order [`resources_of`] finds
+/// them); [`super::resources::collect_resources`] finds the same in a message without its JSON.
+pub fn walk(v: &Value, key: Option<&str>, out: &mut Vec<(String, String)>) {
     match v {
         Value::Object(m) => {
             for (k, v) in m {
@@ -307,7 +308,7 @@ fn walk(v: &Value, key: Option<&str>, out: &mut Vec<(String, String)>) {
             }
         }
         Value::String(s) => {
-            if let Some(typed) = key.and_then(|k| classify(k, s)) {
+            if let Some(typed) = key.and_then(|k| super::resources::classify(k, s)) {
                 if out.len() < MAX_RESOURCES && !out.contains(&typed) {
                     out.push(typed);
                 }
@@ -315,32 +316,6 @@ fn walk(v: &Value, key: Option<&str>, out: &mut Vec<(String, String)>) {
         }
         _ => {}
     }
-}
-
-fn classify(key: &str, value: &str) -> Option<(String, String)> {
-    if matches!(key, "keyId" | "kmsKeyId" | "targetKeyId") {
-        if value.is_empty() || value.starts_with("alias/") || value.contains(":alias/") {
-            return None;
-        }
-        let id = value
-            .rsplit_once(":key/")
-            .map(|(_, id)| id)
-            .unwrap_or(value);
-        return Some(("AWS::KMS::Key".to_string(), id.to_string()));
-    }
-    if !(key.ends_with("Id") || key.ends_with("Ids")) {
-        return None;
-    }
-    let (prefix, rest) = value.split_once('-')?;
-    let kind = match prefix {
-        "ami" => "AWS::EC2::Image",
-        "snap" => "AWS::EC2::Snapshot",
-        "vol" => "AWS::EC2::Volume",
-        "i" => "AWS::EC2::Instance",
-        _ => return None,
-    };
-    (!rest.is_empty() && rest.len() <= 32 && rest.bytes().all(|b| b.is_ascii_alphanumeric()))
-        .then(|| (kind.to_string(), value.to_string()))
 }
 
 /// The ARN of a resource in a record's `resources`.
