@@ -137,7 +137,8 @@ pub enum NodeCommand {
     Kill {
         #[arg(value_name = "NODE")]
         node: String,
-        /// Restart it by itself after this many wall-clock milliseconds.
+        /// Restart it by itself after this many milliseconds: simulated ones when the cluster's
+        /// clock is virtual (in process; `dev --clock virtual`), wall-clock ones otherwise.
         #[arg(long, value_name = "MS")]
         down_for: Option<u64>,
     },

@@ -283,6 +283,9 @@ pub(crate) struct Node {
     ops: tokio::sync::Mutex<()>,
     /// Bumped at every kill and restart: a `down_for` timer restarts only its own kill.
     generation: AtomicU64,
+    /// In-process virtual mode: the simulated time at which a kill's `down_for` restarts the
+    /// node (0: none pending). Auto-advance counts it as a timer.
+    restart_due_ms: AtomicU64,
     /// Processes mode: the clock skew last set on this region's child, set again on the next
     /// child after a restart (in process, the node's [`SkewedClock`] outlives its restarts).
     child_skew_ms: std::sync::atomic::AtomicI64,
@@ -595,6 +598,7 @@ fn new_node(
         slot: Mutex::new(Slot::Empty),
         ops: tokio::sync::Mutex::new(()),
         generation: AtomicU64::new(0),
+        restart_due_ms: AtomicU64::new(0),
         hold: tokio::sync::watch::channel(false).0,
         child_skew_ms: std::sync::atomic::AtomicI64::new(0),
     })
@@ -647,6 +651,13 @@ impl Inner {
                 let base_due = (i128::from(due) - i128::from(clock.skew_ms()))
                     .clamp(0, i128::from(u64::MAX)) as u64;
                 next = Some(next.map_or(base_due, |n| n.min(base_due)));
+            }
+        }
+        // A killed node's `down_for` restart (on the shared clock) is a timer too.
+        for node in &self.nodes {
+            let due = node.restart_due_ms.load(Ordering::SeqCst);
+            if due != 0 {
+                next = Some(next.map_or(due, |n| n.min(due)));
             }
         }
         (heads, next)
@@ -732,11 +743,25 @@ impl Inner {
             tracing::warn!(target: "amisim::lab", node = name, ?down_for, "node killed");
         }
         let generation = node.generation.fetch_add(1, Ordering::SeqCst) + 1;
+        node.restart_due_ms.store(0, Ordering::SeqCst);
         if let Some(d) = down_for {
             let me = self.me.clone();
             let name = name.to_string();
+            // With the virtual clock, `down_for` is simulated time: the node comes back when
+            // the clock passes it (the same simulated moment in every run of a seed), and
+            // auto-advance treats it as a timer. Otherwise wall time.
+            let due = self.virtual_clock.clone().map(|clock| {
+                let due = amisim_chaos::Clock::now_ms(&clock)
+                    .saturating_add(u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+                    .max(1);
+                node.restart_due_ms.store(due, Ordering::SeqCst);
+                (clock, due)
+            });
             tokio::spawn(async move {
-                tokio::time::sleep(d).await;
+                match due {
+                    Some((clock, due)) => until_sim(&clock, due).await,
+                    None => tokio::time::sleep(d).await,
+                }
                 let Some(inner) = me.upgrade() else { return };
                 let Ok(node) = inner.node(&name) else { return };
                 if node.generation.load(Ordering::SeqCst) != generation {
@@ -829,6 +854,7 @@ impl Inner {
         }
         node.hold.send_replace(false);
         node.generation.fetch_add(1, Ordering::SeqCst);
+        node.restart_due_ms.store(0, Ordering::SeqCst);
         self.launch(node).await.map_err(|e| failed(name, e))?;
         let skew_ms = node.child_skew_ms.load(Ordering::SeqCst);
         if skew_ms != 0 && matches!(&*node.slot(), Slot::Child(_)) {
@@ -987,6 +1013,22 @@ impl Drop for Inner {
         // Children must not outlive the run (their `ChildRun` kills them when dropped).
         for node in &self.nodes {
             drop(std::mem::replace(&mut *node.slot(), Slot::Empty));
+        }
+    }
+}
+
+/// Completes once `clock` reads `due` or later (it only moves when told to).
+async fn until_sim(clock: &VirtualClock, due: u64) {
+    let mut changes = amisim_chaos::Clock::changes(clock);
+    while amisim_chaos::Clock::now_ms(clock) < due {
+        match changes.as_mut() {
+            Some(rx) => {
+                if rx.changed().await.is_err() {
+                    // The clock is gone: it will never get there.
+                    std::future::pending::<()>().await;
+                }
+            }
+            None => std::future::pending::<()>().await,
         }
     }
 }

@@ -493,6 +493,53 @@ async fn an_idle_cluster_moves_its_virtual_clock_to_the_next_timer() {
     cluster.shutdown().await.expect("shutdown");
 }
 
+/// With the virtual clock a kill's `down_for` is simulated time: the node stays down however
+/// long the wall clock runs, comes back once the clock passes it, and auto-advance moves the
+/// clock to that moment like to any timer.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_kill_with_down_for_restarts_on_the_virtual_clock() {
+    let (_dir, cluster) = start(&["us-east-1"], ClusterClock::Virtual { start_ms: T0 }).await;
+    let clock = cluster.virtual_clock().expect("virtual in process");
+    let faults = cluster.faults();
+    faults
+        .kill("us-east-1", Some(Duration::from_secs(60)))
+        .await
+        .expect("kill");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(state_of(&cluster, "us-east-1"), NodeState::Down);
+    clock.advance(59_999);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        state_of(&cluster, "us-east-1"),
+        NodeState::Down,
+        "1 ms of simulated time short"
+    );
+    clock.advance(1);
+    POLL.eventually("the region back", Duration::from_secs(20), || async {
+        (state_of(&cluster, "us-east-1") == NodeState::Running).then_some(())
+    })
+    .await;
+
+    // Auto-advance: the restart is the only timer, so the clock lands on it.
+    let task = cluster
+        .auto_advance(Duration::from_millis(20))
+        .expect("in-process virtual mode");
+    let killed_at = clock.now_ms();
+    faults
+        .kill("us-east-1", Some(Duration::from_secs(3_600)))
+        .await
+        .expect("kill");
+    POLL.eventually(
+        "the region back by itself",
+        Duration::from_secs(20),
+        || async { (state_of(&cluster, "us-east-1") == NodeState::Running).then_some(()) },
+    )
+    .await;
+    assert_eq!(clock.now_ms(), killed_at + 3_600_000);
+    task.abort();
+    cluster.shutdown().await.expect("shutdown");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_followed_merged_audit_stream_reopens_a_region_that_restarted() {
     use amisim_proto::audit_client::AuditClient;
