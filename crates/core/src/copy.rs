@@ -1437,9 +1437,10 @@ pub(crate) fn apply(state: &mut State, p: &Payload) {
                 ..Default::default()
             }));
             // No timer until the copy starts.
-            state
-                .timers
-                .remove(&(NOT_STARTED, Timer::SnapshotComplete(e.snapshot_id.clone())));
+            state.timers.remove(&(
+                NOT_STARTED,
+                Timer::SnapshotComplete(e.snapshot_id.as_str().into()),
+            ));
             state.copies.insert(
                 e.copy_id.clone(),
                 CopyTask {
@@ -1505,9 +1506,10 @@ pub(crate) fn apply(state: &mut State, p: &Payload) {
             for t in &e.tags {
                 img.tags.insert(t.key.clone(), t.value.clone());
             }
-            state
-                .timers
-                .insert((e.available_at_ms, Timer::ImageAvailable(e.image_id.clone())));
+            state.timers.insert((
+                e.available_at_ms,
+                Timer::ImageAvailable(e.image_id.as_str().into()),
+            ));
         }
         Payload::SnapshotCopyStarted(e) => {
             if let Some(t) = state.copies.get_mut(&e.copy_id) {
@@ -1532,7 +1534,7 @@ pub(crate) fn apply(state: &mut State, p: &Payload) {
             }
             state.timers.insert((
                 e.complete_at_ms,
-                Timer::SnapshotComplete(e.snapshot_id.clone()),
+                Timer::SnapshotComplete(e.snapshot_id.as_str().into()),
             ));
         }
         _ => {}

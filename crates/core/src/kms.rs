@@ -1225,9 +1225,10 @@ pub(crate) fn apply(state: &mut State, p: &Payload) {
                     k.state = KeyState::PendingDeletion;
                     k.deletion_date_ms = Some(e.deletion_date_ms);
                     k.pending_window_in_days = e.pending_window_in_days;
-                    state
-                        .timers
-                        .insert((e.deletion_date_ms, Timer::KmsKeyDeletion(e.key_id.clone())));
+                    state.timers.insert((
+                        e.deletion_date_ms,
+                        Timer::KmsKeyDeletion(e.key_id.as_str().into()),
+                    ));
                 }
             }
         }
@@ -1237,7 +1238,7 @@ pub(crate) fn apply(state: &mut State, p: &Payload) {
                     if let Some(at) = k.deletion_date_ms.take() {
                         state
                             .timers
-                            .remove(&(at, Timer::KmsKeyDeletion(e.key_id.clone())));
+                            .remove(&(at, Timer::KmsKeyDeletion(e.key_id.as_str().into())));
                     }
                     k.state = KeyState::Disabled;
                     k.pending_window_in_days = 0;
@@ -1249,7 +1250,7 @@ pub(crate) fn apply(state: &mut State, p: &Payload) {
                 if let Some(at) = k.deletion_date_ms.take() {
                     state
                         .timers
-                        .remove(&(at, Timer::KmsKeyDeletion(e.key_id.clone())));
+                        .remove(&(at, Timer::KmsKeyDeletion(e.key_id.as_str().into())));
                 }
                 k.state = KeyState::Deleted;
                 let owner = k.owner_id.clone();

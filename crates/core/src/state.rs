@@ -414,16 +414,32 @@ pub struct Instance {
 }
 
 /// A timed transition the node must fire when simulated time reaches its due time. Derived from
-/// events, so a restarted node re-arms every pending timer by replaying its log.
+/// events, so a restarted node re-arms every pending timer by replaying its log. Ids are shared
+/// strings: a persistent set copies a node's entries on every change, and a reference count
+/// costs less than a string (a checkpoint stores them as strings either way).
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub enum Timer {
-    ImageAvailable(String),
-    ImageForget(String),
-    SnapshotComplete(String),
-    VolumeAvailable(String),
-    InstanceTransition(String),
+    ImageAvailable(SharedId),
+    ImageForget(SharedId),
+    SnapshotComplete(SharedId),
+    VolumeAvailable(SharedId),
+    InstanceTransition(SharedId),
     /// A KMS key pending deletion is deleted (`crate::kms`).
-    KmsKeyDeletion(String),
+    KmsKeyDeletion(SharedId),
+}
+
+impl Timer {
+    /// The id of the resource the timer is for.
+    pub fn id(&self) -> &str {
+        match self {
+            Timer::ImageAvailable(id)
+            | Timer::ImageForget(id)
+            | Timer::SnapshotComplete(id)
+            | Timer::VolumeAvailable(id)
+            | Timer::InstanceTransition(id)
+            | Timer::KmsKeyDeletion(id) => id,
+        }
+    }
 }
 
 /// What an idempotency token was used for.
@@ -543,11 +559,11 @@ impl State {
                     no_reboot: e.no_reboot,
                     extra: (!extra.is_empty()).then(|| Box::new(extra)),
                 };
+                let id: SharedId = e.image_id.as_str().into();
                 if e.available_at_ms > 0 {
                     self.timers
-                        .insert((e.available_at_ms, Timer::ImageAvailable(e.image_id.clone())));
+                        .insert((e.available_at_ms, Timer::ImageAvailable(id.clone())));
                 }
-                let id: SharedId = e.image_id.as_str().into();
                 // One shared string per owner (the key `images_per_owner` already holds).
                 let owner: SharedId = match self.images_per_owner.get_key_value(e.owner_id.as_str())
                 {
@@ -590,7 +606,7 @@ impl State {
                     let at = img.registered.available_at_ms;
                     img.state = ImageState::Available;
                     self.timers
-                        .remove(&(at, Timer::ImageAvailable(e.image_id.clone())));
+                        .remove(&(at, Timer::ImageAvailable(e.image_id.as_str().into())));
                 }
             }
             Payload::ImageFailed(e) => {
@@ -602,7 +618,7 @@ impl State {
                         e.state_reason_message.clone(),
                     )));
                     self.timers
-                        .remove(&(at, Timer::ImageAvailable(e.image_id.clone())));
+                        .remove(&(at, Timer::ImageAvailable(e.image_id.as_str().into())));
                 }
             }
             Payload::ImageDeregistered(e) => {
@@ -628,23 +644,25 @@ impl State {
                         self.image_names.remove(&key);
                     }
                     self.timers
-                        .remove(&(at, Timer::ImageAvailable(e.image_id.clone())));
-                    self.timers
-                        .insert((e.forget_at_ms, Timer::ImageForget(e.image_id.clone())));
+                        .remove(&(at, Timer::ImageAvailable(e.image_id.as_str().into())));
+                    self.timers.insert((
+                        e.forget_at_ms,
+                        Timer::ImageForget(e.image_id.as_str().into()),
+                    ));
                 }
             }
             Payload::ImageForgotten(e) => {
                 if let Some(img) = self.images.remove(e.image_id.as_str()) {
                     if let Some(at) = img.forget_at_ms {
                         self.timers
-                            .remove(&(at, Timer::ImageForget(e.image_id.clone())));
+                            .remove(&(at, Timer::ImageForget(e.image_id.as_str().into())));
                     }
                 }
             }
             Payload::VolumeCreated(e) => {
                 self.timers.insert((
                     e.available_at_ms,
-                    Timer::VolumeAvailable(e.volume_id.clone()),
+                    Timer::VolumeAvailable(e.volume_id.as_str().into()),
                 ));
                 if !e.client_token.is_empty() {
                     self.client_tokens.insert(
@@ -704,14 +722,14 @@ impl State {
                         VolumeState::Available
                     };
                     self.timers
-                        .remove(&(at, Timer::VolumeAvailable(e.volume_id.clone())));
+                        .remove(&(at, Timer::VolumeAvailable(e.volume_id.as_str().into())));
                 }
             }
             Payload::VolumeDeleted(e) => {
                 if let Some(v) = self.volumes.remove(&e.volume_id) {
                     self.timers.remove(&(
                         v.available_at_ms,
-                        Timer::VolumeAvailable(e.volume_id.clone()),
+                        Timer::VolumeAvailable(e.volume_id.as_str().into()),
                     ));
                     if let Some(a) = v.attachment {
                         if let Some(i) = self.instances.get_mut(&a.instance_id) {
@@ -751,7 +769,7 @@ impl State {
             Payload::SnapshotCreated(e) => {
                 self.timers.insert((
                     e.complete_at_ms,
-                    Timer::SnapshotComplete(e.snapshot_id.clone()),
+                    Timer::SnapshotComplete(e.snapshot_id.as_str().into()),
                 ));
                 if let Some(v) = self.volumes.get_mut(&e.volume_id) {
                     v.last_snapshot_ms = Some(e.start_time_ms);
@@ -790,7 +808,7 @@ impl State {
                     s.completion_time_ms = Some(s.complete_at_ms);
                     let at = s.complete_at_ms;
                     self.timers
-                        .remove(&(at, Timer::SnapshotComplete(e.snapshot_id.clone())));
+                        .remove(&(at, Timer::SnapshotComplete(e.snapshot_id.as_str().into())));
                 }
             }
             Payload::SnapshotFailed(e) => {
@@ -799,7 +817,7 @@ impl State {
                     s.state_message = e.state_message.clone();
                     let at = s.complete_at_ms;
                     self.timers
-                        .remove(&(at, Timer::SnapshotComplete(e.snapshot_id.clone())));
+                        .remove(&(at, Timer::SnapshotComplete(e.snapshot_id.as_str().into())));
                 }
             }
             Payload::SnapshotDeleted(e) => {
@@ -812,14 +830,14 @@ impl State {
                     }
                     self.timers.remove(&(
                         s.complete_at_ms,
-                        Timer::SnapshotComplete(e.snapshot_id.clone()),
+                        Timer::SnapshotComplete(e.snapshot_id.as_str().into()),
                     ));
                 }
             }
             Payload::InstanceLaunched(e) => {
                 self.timers.insert((
                     e.running_at_ms,
-                    Timer::InstanceTransition(e.instance_id.clone()),
+                    Timer::InstanceTransition(e.instance_id.as_str().into()),
                 ));
                 if !e.client_token.is_empty() && e.ami_launch_index == 0 {
                     self.client_tokens.insert(
@@ -866,8 +884,10 @@ impl State {
             Payload::InstanceStateChanged(e) => {
                 if let Some(i) = self.instances.get_mut(&e.instance_id) {
                     if let Some((_, at)) = i.next.take() {
-                        self.timers
-                            .remove(&(at, Timer::InstanceTransition(e.instance_id.clone())));
+                        self.timers.remove(&(
+                            at,
+                            Timer::InstanceTransition(e.instance_id.as_str().into()),
+                        ));
                     }
                     if let Some(s) = InstanceState::parse(&e.state) {
                         i.state = s;
@@ -883,7 +903,7 @@ impl State {
                         i.next = Some((n, e.next_at_ms));
                         self.timers.insert((
                             e.next_at_ms,
-                            Timer::InstanceTransition(e.instance_id.clone()),
+                            Timer::InstanceTransition(e.instance_id.as_str().into()),
                         ));
                     }
                     if !e.state_transition_reason.is_empty() {

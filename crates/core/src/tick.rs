@@ -52,29 +52,30 @@ pub fn tick_into(state: &mut State, ctx: &mut Ctx<'_>) -> Vec<Payload> {
 }
 
 fn fire(state: &State, timer: &Timer, ctx: &Ctx<'_>) -> Vec<Payload> {
+    let id = timer.id();
     match timer {
-        Timer::ImageAvailable(id) => match state.images.get(id.as_str()) {
+        Timer::ImageAvailable(_) => match state.images.get(id) {
             // A copy whose snapshot failed fails instead (crate::copy::image_due).
             Some(img) if img.state == ImageState::Pending => {
                 vec![crate::copy::image_due(state, img)]
             }
             _ => vec![],
         },
-        Timer::ImageForget(id) => match state.images.get(id.as_str()) {
+        Timer::ImageForget(_) => match state.images.get(id) {
             Some(img) if img.state == ImageState::Deregistered => {
                 vec![Payload::ImageForgotten(ImageForgotten {
-                    image_id: id.clone(),
+                    image_id: id.to_string(),
                 })]
             }
             _ => vec![],
         },
-        Timer::VolumeAvailable(id) => match state.volumes.get(id) {
+        Timer::VolumeAvailable(_) => match state.volumes.get(id) {
             Some(_) => vec![Payload::VolumeAvailable(VolumeAvailable {
-                volume_id: id.clone(),
+                volume_id: id.to_string(),
             })],
             None => vec![],
         },
-        Timer::SnapshotComplete(id) => {
+        Timer::SnapshotComplete(_) => {
             let Some(snap) = state.snapshots.get(id) else {
                 return vec![];
             };
@@ -82,7 +83,7 @@ fn fire(state: &State, timer: &Timer, ctx: &Ctx<'_>) -> Vec<Payload> {
                 return vec![];
             }
             let mut out = vec![Payload::SnapshotCompleted(SnapshotCompleted {
-                snapshot_id: id.clone(),
+                snapshot_id: id.to_string(),
             })];
             // CreateImage: the image turns available when its last snapshot completes.
             if let Some(img) = state.images.get(snap.for_image_id.as_str()) {
@@ -104,8 +105,8 @@ fn fire(state: &State, timer: &Timer, ctx: &Ctx<'_>) -> Vec<Payload> {
             }
             out
         }
-        Timer::KmsKeyDeletion(id) => crate::kms::deletion_due(state, id),
-        Timer::InstanceTransition(id) => {
+        Timer::KmsKeyDeletion(_) => crate::kms::deletion_due(state, id),
+        Timer::InstanceTransition(_) => {
             let Some(inst) = state.instances.get(id) else {
                 return vec![];
             };
@@ -113,7 +114,7 @@ fn fire(state: &State, timer: &Timer, ctx: &Ctx<'_>) -> Vec<Payload> {
                 return vec![];
             };
             let mut out = vec![Payload::InstanceStateChanged(InstanceStateChanged {
-                instance_id: id.clone(),
+                instance_id: id.to_string(),
                 state: next.as_str().to_string(),
                 state_transition_reason: inst.state_transition_reason.clone(),
                 // The reason of a user stop/terminate stays with the state it leads to.
@@ -138,12 +139,12 @@ fn fire(state: &State, timer: &Timer, ctx: &Ctx<'_>) -> Vec<Payload> {
                             .as_ref()
                             .is_some_and(|a| a.delete_on_termination);
                         out.push(Payload::VolumeDetached(VolumeDetached {
-                            volume_id: vol_id.clone(),
-                            instance_id: id.clone(),
+                            volume_id: vol_id.to_string(),
+                            instance_id: id.to_string(),
                         }));
                         if dot {
                             out.push(Payload::VolumeDeleted(VolumeDeleted {
-                                volume_id: vol_id.clone(),
+                                volume_id: vol_id.to_string(),
                             }));
                         }
                     }
