@@ -261,15 +261,22 @@ impl Committer {
             return Ok(());
         };
         let head = last.state.seq;
-        if head != self.published.load().seq {
-            self.published.store(Arc::new(last.state.clone()));
+        // The state this replaces is dropped only after the answers are out: freeing the nodes
+        // it no longer shares with the new one takes a while, and callers need not wait for it.
+        let replaced = (head != self.published.load().seq)
+            .then(|| self.published.swap(Arc::new(last.state.clone())));
+        let mut states = Vec::with_capacity(commits.len());
+        for c in commits {
+            states.push(c.state);
+            for p in c.pending {
+                let Some(tx) = p.reply else { continue };
+                let outcome = p.result.map(|(reply, last)| (reply, last.unwrap_or(head)));
+                // The caller may have gone away (cancelled request); its write stands.
+                let _ = tx.send(outcome);
+            }
         }
-        for p in commits.into_iter().flat_map(|c| c.pending) {
-            let Some(tx) = p.reply else { continue };
-            let outcome = p.result.map(|(reply, last)| (reply, last.unwrap_or(head)));
-            // The caller may have gone away (cancelled request); its write stands.
-            let _ = tx.send(outcome);
-        }
+        drop(replaced);
+        drop(states);
         Ok(())
     }
 }
