@@ -696,6 +696,15 @@ like_an_object!(SerializeStruct, SerializeStructVariant);
 // bools, integers, finite floats, unit variants, newtype structs thereof);
 // everything else is an error there, so it is one here.
 
+/// An integer map key is its decimal text, as in serde_json.
+macro_rules! display_integers {
+    ($($method:ident: $ty:ty),*) => {$(
+        fn $method(self, v: $ty) -> Result<(), Error> {
+            self.display(v)
+        }
+    )*};
+}
+
 struct KeySer<'a> {
     out: &'a mut String,
 }
@@ -703,6 +712,23 @@ struct KeySer<'a> {
 impl KeySer<'_> {
     fn display(self, v: impl Display) -> Result<(), Error> {
         write!(self.out, "{v}").map_err(|_| Error)
+    }
+
+    /// A float key as serde_json writes it (`fixed`: the exponents written without one); a
+    /// non-finite one is an error there.
+    fn float(
+        self,
+        finite: bool,
+        negative: bool,
+        zero: bool,
+        sci: impl FnOnce() -> String,
+        fixed: std::ops::RangeInclusive<i32>,
+    ) -> Result<(), Error> {
+        if !finite {
+            return Err(Error);
+        }
+        float_key(self.out, negative, zero, &sci(), fixed);
+        Ok(())
     }
 }
 
@@ -721,61 +747,35 @@ impl ser::Serializer for KeySer<'_> {
         self.out.push_str(if v { "true" } else { "false" });
         Ok(())
     }
-    fn serialize_i8(self, v: i8) -> Result<(), Error> {
-        self.display(v)
-    }
-    fn serialize_i16(self, v: i16) -> Result<(), Error> {
-        self.display(v)
-    }
-    fn serialize_i32(self, v: i32) -> Result<(), Error> {
-        self.display(v)
-    }
-    fn serialize_i64(self, v: i64) -> Result<(), Error> {
-        self.display(v)
-    }
-    fn serialize_i128(self, v: i128) -> Result<(), Error> {
-        self.display(v)
-    }
-    fn serialize_u8(self, v: u8) -> Result<(), Error> {
-        self.display(v)
-    }
-    fn serialize_u16(self, v: u16) -> Result<(), Error> {
-        self.display(v)
-    }
-    fn serialize_u32(self, v: u32) -> Result<(), Error> {
-        self.display(v)
-    }
-    fn serialize_u64(self, v: u64) -> Result<(), Error> {
-        self.display(v)
-    }
-    fn serialize_u128(self, v: u128) -> Result<(), Error> {
-        self.display(v)
-    }
+    display_integers!(
+        serialize_i8: i8,
+        serialize_i16: i16,
+        serialize_i32: i32,
+        serialize_i64: i64,
+        serialize_i128: i128,
+        serialize_u8: u8,
+        serialize_u16: u16,
+        serialize_u32: u32,
+        serialize_u64: u64,
+        serialize_u128: u128
+    );
     fn serialize_f32(self, v: f32) -> Result<(), Error> {
-        if !v.is_finite() {
-            return Err(Error);
-        }
-        float_key(
-            self.out,
+        self.float(
+            v.is_finite(),
             v.is_sign_negative(),
             v == 0.0,
-            &shortest_sci(v.abs()),
+            || shortest_sci(v.abs()),
             -6..=12,
-        );
-        Ok(())
+        )
     }
     fn serialize_f64(self, v: f64) -> Result<(), Error> {
-        if !v.is_finite() {
-            return Err(Error);
-        }
-        float_key(
-            self.out,
+        self.float(
+            v.is_finite(),
             v.is_sign_negative(),
             v == 0.0,
-            &shortest_sci(v.abs()),
+            || shortest_sci(v.abs()),
             -5..=15,
-        );
-        Ok(())
+        )
     }
     fn serialize_char(self, v: char) -> Result<(), Error> {
         self.out.push(v);
