@@ -137,8 +137,9 @@ pub enum NodeCommand {
     Kill {
         #[arg(value_name = "NODE")]
         node: String,
-        /// Restart it by itself after this many milliseconds: simulated ones when the cluster's
-        /// clock is virtual (in process; `dev --clock virtual`), wall-clock ones otherwise.
+        /// Restart it by itself after this many milliseconds: for a region, simulated ones when
+        /// the cluster's clock is virtual (in process; `dev --clock virtual`); wall-clock ones
+        /// otherwise, and always for the coordinator (the clock is moved through it).
         #[arg(long, value_name = "MS")]
         down_for: Option<u64>,
     },

@@ -747,10 +747,16 @@ impl Inner {
         if let Some(d) = down_for {
             let me = self.me.clone();
             let name = name.to_string();
-            // With the virtual clock, `down_for` is simulated time: the node comes back when
-            // the clock passes it (the same simulated moment in every run of a seed), and
-            // auto-advance treats it as a timer. Otherwise wall time.
-            let due = self.virtual_clock.clone().map(|clock| {
+            // With the virtual clock, a region's `down_for` is simulated time: it comes back
+            // when the clock passes it (the same simulated moment in every run of a seed), and
+            // auto-advance treats it as a timer. Otherwise wall time; always for the
+            // coordinator, through which clients move the clock (while it is down nobody
+            // could move the clock to its restart).
+            let virtual_clock = self
+                .virtual_clock
+                .clone()
+                .filter(|_| node.kind == NodeKind::Region);
+            let due = virtual_clock.map(|clock| {
                 let due = amisim_chaos::Clock::now_ms(&clock)
                     .saturating_add(u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
                     .max(1);

@@ -251,8 +251,8 @@ pub enum FaultAction {
     Heal {
         pair: Option<Pair>,
     },
-    /// Crash a node; with `down_for_ms` it restarts by itself that long after (simulated ms
-    /// with the virtual clock in process, wall ms otherwise).
+    /// Crash a node; with `down_for_ms` it restarts by itself that long after (for a region in
+    /// process with the virtual clock, simulated ms; wall ms otherwise).
     Kill {
         node: String,
         down_for_ms: Option<u64>,

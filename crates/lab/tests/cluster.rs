@@ -537,6 +537,18 @@ async fn a_kill_with_down_for_restarts_on_the_virtual_clock() {
     .await;
     assert_eq!(clock.now_ms(), killed_at + 3_600_000);
     task.abort();
+
+    // The coordinator, through which clients move the clock, comes back after wall time.
+    let before = clock.now_ms();
+    faults
+        .kill("coordinator", Some(Duration::from_millis(300)))
+        .await
+        .expect("kill");
+    POLL.eventually("the coordinator back", Duration::from_secs(20), || async {
+        (state_of(&cluster, "coordinator") == NodeState::Running).then_some(())
+    })
+    .await;
+    assert_eq!(clock.now_ms(), before, "nobody moved the clock");
     cluster.shutdown().await.expect("shutdown");
 }
 
