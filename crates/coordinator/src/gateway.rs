@@ -26,6 +26,7 @@ use futures::future::BoxFuture;
 use tonic::body::Body;
 use tonic::metadata::{MetadataMap, MetadataValue};
 use tonic::server::NamedService;
+
 use tonic::transport::{Channel, Endpoint, Server};
 use tonic::{Code, Status};
 use tower::Service;
@@ -37,6 +38,12 @@ pub const REGION_HEADER: &str = "x-amisim-region";
 pub const REQUEST_ID_HEADER: &str = "x-amisim-request-id";
 /// Response metadata carrying the EC2 error code of a failed call.
 pub const ERROR_CODE_HEADER: &str = "x-amisim-error-code";
+/// Request metadata the gateway sets on a call it forwards: the client's address (the node
+/// records it as `sourceIPAddress`; it would otherwise see the gateway's).
+pub const SOURCE_IP_HEADER: &str = "x-amisim-source-ip";
+/// Request metadata the gateway sets next to [`SOURCE_IP_HEADER`] with an accounts file:
+/// `Bearer <operator token>`, so that the node believes the address.
+pub const FORWARDED_BY_HEADER: &str = "x-amisim-forwarded-by";
 /// The region a call without `x-amisim-region` goes to, as in the AWS SDKs' usual default.
 pub const DEFAULT_REGION: &str = "us-east-1";
 
@@ -326,7 +333,8 @@ impl Service<http::Request<Body>> for Gateway {
 }
 
 impl Inner {
-    async fn route(&self, req: http::Request<Body>) -> http::Response<Body> {
+    async fn route(&self, mut req: http::Request<Body>) -> http::Response<Body> {
+        self.mark_forwarded(&mut req);
         let request_id = header_str(&req, REQUEST_ID_HEADER).map(str::to_string);
         let method = req.uri().path().to_string();
         let region = match req.headers().get(REGION_HEADER) {
@@ -375,6 +383,32 @@ impl Inner {
         }
         .instrument(span)
         .await
+    }
+}
+
+impl Inner {
+    /// Tells the node who the client is: the node sees the gateway's address, and the request
+    /// record's `sourceIPAddress` is the client's. Whatever the client sent under these names
+    /// is dropped; with an accounts file the operator token vouches for the address
+    /// (`amisim_region::ec2_service::forwarded_source_ip`).
+    fn mark_forwarded(&self, req: &mut http::Request<Body>) {
+        let client = req
+            .extensions()
+            .get::<tonic::transport::server::TcpConnectInfo>()
+            .and_then(|info| info.remote_addr())
+            .map(|addr| addr.ip().to_string());
+        let headers = req.headers_mut();
+        headers.remove(SOURCE_IP_HEADER);
+        headers.remove(FORWARDED_BY_HEADER);
+        if let Some(ip) = client.and_then(|ip| http::HeaderValue::from_str(&ip).ok()) {
+            headers.insert(SOURCE_IP_HEADER, ip);
+            if let Some(token) = self.routes.operator.header() {
+                if let Ok(mut v) = http::HeaderValue::from_bytes(token.as_encoded_bytes()) {
+                    v.set_sensitive(true);
+                    headers.insert(FORWARDED_BY_HEADER, v);
+                }
+            }
+        }
     }
 }
 

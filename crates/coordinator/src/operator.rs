@@ -73,6 +73,12 @@ impl OperatorAuth {
     pub fn is_set(&self) -> bool {
         self.header.is_some()
     }
+
+    /// `Bearer <token>`, if there is a token (the gateway sends it as
+    /// `x-amisim-forwarded-by`, never as the client's `authorization`).
+    pub(crate) fn header(&self) -> Option<&AsciiMetadataValue> {
+        self.header.as_ref()
+    }
 }
 
 impl Interceptor for OperatorAuth {

@@ -42,16 +42,14 @@ impl tower::Service<http::Request<Body>> for FakeRegion {
             "x-fake-method",
             req.uri().path().parse().expect("ascii path"),
         );
-        for key in ["x-amisim-account", "x-amisim-request-id"] {
+        for (key, echoed) in [
+            ("x-amisim-account", "x-fake-account"),
+            ("x-amisim-request-id", "x-amisim-request-id"),
+            ("x-amisim-source-ip", "x-fake-source-ip"),
+            ("x-amisim-forwarded-by", "x-fake-forwarded-by"),
+        ] {
             if let Some(v) = req.headers().get(key) {
-                md.insert(
-                    if key == "x-amisim-account" {
-                        "x-fake-account"
-                    } else {
-                        "x-amisim-request-id"
-                    },
-                    v.to_str().unwrap().parse().unwrap(),
-                );
+                md.insert(echoed, v.to_str().unwrap().parse().unwrap());
             }
         }
         md.insert(
@@ -84,6 +82,15 @@ async fn start_fake(name: &'static str) -> String {
 
 /// A gateway over two fakes (us-east-1, eu-west-1) and one dead route (ap-south-1).
 async fn start_gateway() -> (Channel, tokio::sync::oneshot::Sender<()>) {
+    start_gateway_from(None, amisim_coordinator::OperatorAuth::none()).await
+}
+
+/// [`start_gateway`], with the client's connection made from `local` (another loopback
+/// address, so the client is not where the gateway is).
+async fn start_gateway_from(
+    local: Option<std::net::IpAddr>,
+    operator: amisim_coordinator::OperatorAuth,
+) -> (Channel, tokio::sync::oneshot::Sender<()>) {
     let us = start_fake("us-east-1").await;
     let eu = start_fake("eu-west-1").await;
     // A port nothing listens on: bind, note, drop.
@@ -96,7 +103,8 @@ async fn start_gateway() -> (Channel, tokio::sync::oneshot::Sender<()>) {
         format!("eu-west-1={eu}"),
         format!("ap-south-1={dead}"),
     ])
-    .unwrap();
+    .unwrap()
+    .with_operator(operator);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let (tx, rx) = tokio::sync::oneshot::channel();
@@ -105,10 +113,54 @@ async fn start_gateway() -> (Channel, tokio::sync::oneshot::Sender<()>) {
     }));
     let channel = Channel::from_shared(format!("http://{addr}"))
         .unwrap()
+        .local_address(local)
         .connect()
         .await
         .unwrap();
     (channel, tx)
+}
+
+/// The node sees the gateway's address; the gateway tells it the client's, for the request
+/// record's `sourceIPAddress`, and drops what a client claims under the same names.
+#[tokio::test]
+async fn forwards_the_clients_address_and_drops_a_forged_one() {
+    assert_eq!(
+        amisim_coordinator::gateway::SOURCE_IP_HEADER,
+        amisim_region::ec2_service::SOURCE_IP_KEY
+    );
+    assert_eq!(
+        amisim_coordinator::gateway::FORWARDED_BY_HEADER,
+        amisim_region::ec2_service::FORWARDED_BY_KEY
+    );
+    let client_ip: std::net::IpAddr = "127.0.0.2".parse().unwrap();
+    let (channel, _stop) =
+        start_gateway_from(Some(client_ip), amisim_coordinator::OperatorAuth::none()).await;
+    let mut client = Ec2Client::new(channel);
+    let mut forged = request(Some("us-east-1"));
+    forged
+        .metadata_mut()
+        .insert("x-amisim-source-ip", "6.6.6.6".parse().unwrap());
+    forged
+        .metadata_mut()
+        .insert("x-amisim-forwarded-by", "Bearer guess".parse().unwrap());
+    for req in [request(Some("us-east-1")), forged] {
+        let s = client.describe_images(req).await.unwrap_err();
+        assert_eq!(md(&s, "x-fake-source-ip"), "127.0.0.2");
+        assert!(
+            s.metadata().get("x-fake-forwarded-by").is_none(),
+            "no operator token without an accounts file, and never the client's"
+        );
+    }
+
+    // With an accounts file the operator token vouches for the address (the node checks it).
+    let operator = amisim_coordinator::OperatorAuth::bearer("op-secret").unwrap();
+    let (channel, _stop) = start_gateway_from(Some(client_ip), operator).await;
+    let s = Ec2Client::new(channel)
+        .describe_images(request(Some("eu-west-1")))
+        .await
+        .unwrap_err();
+    assert_eq!(md(&s, "x-fake-source-ip"), "127.0.0.2");
+    assert_eq!(md(&s, "x-fake-forwarded-by"), "Bearer op-secret");
 }
 
 fn request(region: Option<&str>) -> tonic::Request<DescribeImagesRequest> {

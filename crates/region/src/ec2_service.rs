@@ -24,6 +24,12 @@ pub const REQUEST_ID_KEY: &str = "x-amisim-request-id";
 pub const CONSISTENCY_TOKEN_KEY: &str = "x-amisim-consistency-token";
 /// Error metadata: the exact EC2 error code.
 pub const ERROR_CODE_KEY: &str = "x-amisim-error-code";
+/// Request metadata set by the coordinator's gateway on a call it forwards: the address of the
+/// client that made it (the node sees the gateway's), for the record's `sourceIPAddress`.
+pub const SOURCE_IP_KEY: &str = "x-amisim-source-ip";
+/// Request metadata set by the gateway next to [`SOURCE_IP_KEY`]: `Bearer <operator token>`
+/// (with an accounts file), so a client cannot pass an address of its choosing.
+pub const FORWARDED_BY_KEY: &str = "x-amisim-forwarded-by";
 /// The account of a request without `x-amisim-account`.
 pub const DEFAULT_ACCOUNT: &str = "123456789012";
 /// A client-chosen request id longer than this is replaced by a fresh one.
@@ -90,6 +96,19 @@ pub fn authenticate(md: &MetadataMap, accounts: Option<&Accounts>) -> Result<Str
 /// characters, else a fresh UUID.
 pub fn request_id_from_metadata(md: &MetadataMap) -> String {
     request_id_or(md, || ids::generate_uuid(&mut rand::rng()))
+}
+
+/// The client address a gateway forwarded ([`SOURCE_IP_KEY`]), if it is an IP address and
+/// comes from the gateway: with an accounts file the call must carry the operator token in
+/// [`FORWARDED_BY_KEY`]; without one every caller is trusted with what it claims anyway (its
+/// account too), so the address is taken as given.
+pub fn forwarded_source_ip(md: &MetadataMap, accounts: Option<&Accounts>) -> Option<String> {
+    let ip: std::net::IpAddr = md.get(SOURCE_IP_KEY)?.to_str().ok()?.trim().parse().ok()?;
+    if let Some(accounts) = accounts {
+        let by = md.get(FORWARDED_BY_KEY).and_then(|v| v.to_str().ok());
+        accounts.authenticate_operator_header(by).ok()?;
+    }
+    Some(ip.to_string())
 }
 
 /// The request id from `x-amisim-request-id` as in [`request_id_from_metadata`], else
@@ -166,7 +185,9 @@ impl Ec2Service {
             account_id: account.as_ref().ok().cloned(),
             claimed_account,
             request_id: request_id.to_string(),
-            source_ip: request.remote_addr().map(|a| a.ip().to_string()),
+            // The client's address: as the gateway forwarded it, else the peer's.
+            source_ip: forwarded_source_ip(md, self.node.accounts().map(|a| &**a))
+                .or_else(|| request.remote_addr().map(|a| a.ip().to_string())),
             user_agent: md
                 .get("user-agent")
                 .and_then(|v| v.to_str().ok())
@@ -823,6 +844,59 @@ impl Ec2 for Ec2Service {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The gateway's forwarded client address is believed without an accounts file (every
+    /// claim is), and with one only next to the operator token; never if it is not an address.
+    #[test]
+    fn a_forwarded_source_ip_needs_the_operator_token_when_there_are_tokens() {
+        use amisim_core::accounts::{AccountEntry, AccountsFile, OperatorEntry};
+        let md = |pairs: &[(&'static str, &str)]| {
+            let mut md = MetadataMap::new();
+            for (k, v) in pairs {
+                md.insert(*k, v.parse().expect("ascii"));
+            }
+            md
+        };
+        let accounts = Accounts::from_file(AccountsFile {
+            accounts: vec![AccountEntry {
+                id: "111122223333".into(),
+                token: "tok-owner".into(),
+                organization: None,
+                ou: None,
+            }],
+            operator: Some(OperatorEntry {
+                token: "op-secret".into(),
+            }),
+            ..AccountsFile::default()
+        })
+        .expect("accounts");
+        let forwarded = md(&[(SOURCE_IP_KEY, "10.1.2.3")]);
+        assert_eq!(
+            forwarded_source_ip(&forwarded, None).as_deref(),
+            Some("10.1.2.3")
+        );
+        assert_eq!(forwarded_source_ip(&forwarded, Some(&accounts)), None);
+        let by = |token: &str| {
+            md(&[
+                (SOURCE_IP_KEY, "10.1.2.3"),
+                (FORWARDED_BY_KEY, &format!("Bearer {token}")),
+            ])
+        };
+        assert_eq!(
+            forwarded_source_ip(&by("op-secret"), Some(&accounts)).as_deref(),
+            Some("10.1.2.3")
+        );
+        assert_eq!(forwarded_source_ip(&by("tok-owner"), Some(&accounts)), None);
+        assert_eq!(
+            forwarded_source_ip(&md(&[(SOURCE_IP_KEY, "::1")]), None).as_deref(),
+            Some("::1")
+        );
+        assert_eq!(
+            forwarded_source_ip(&md(&[(SOURCE_IP_KEY, "evil.example")]), None),
+            None
+        );
+        assert_eq!(forwarded_source_ip(&MetadataMap::new(), None), None);
+    }
 
     #[test]
     fn every_error_class_has_its_status_code_and_metadata() {
