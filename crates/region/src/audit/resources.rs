@@ -438,6 +438,15 @@ impl<'a> Obj<'a> {
     }
 }
 
+/// Serializer methods for values that can never name a resource.
+macro_rules! ignore_scalars {
+    ($($method:ident: $ty:ty),*) => {$(
+        fn $method(self, _: $ty) -> Result<(), Error> {
+            Ok(())
+        }
+    )*};
+}
+
 fn out_of_range() -> Error {
     Error
 }
@@ -453,21 +462,20 @@ impl<'a> ser::Serializer for Ser<'a> {
     type SerializeStruct = Obj<'a>;
     type SerializeStructVariant = Obj<'a>;
 
-    fn serialize_bool(self, _: bool) -> Result<(), Error> {
-        Ok(())
-    }
-    fn serialize_i8(self, _: i8) -> Result<(), Error> {
-        Ok(())
-    }
-    fn serialize_i16(self, _: i16) -> Result<(), Error> {
-        Ok(())
-    }
-    fn serialize_i32(self, _: i32) -> Result<(), Error> {
-        Ok(())
-    }
-    fn serialize_i64(self, _: i64) -> Result<(), Error> {
-        Ok(())
-    }
+    // Numbers and bools hold no resource (a non-finite float becomes null: no error either).
+    ignore_scalars!(
+        serialize_bool: bool,
+        serialize_i8: i8,
+        serialize_i16: i16,
+        serialize_i32: i32,
+        serialize_i64: i64,
+        serialize_u8: u8,
+        serialize_u16: u16,
+        serialize_u32: u32,
+        serialize_u64: u64,
+        serialize_f32: f32,
+        serialize_f64: f64
+    );
     fn serialize_i128(self, v: i128) -> Result<(), Error> {
         // serde_json (without arbitrary_precision) rejects what fits in neither.
         if u64::try_from(v).is_ok() || i64::try_from(v).is_ok() {
@@ -476,26 +484,8 @@ impl<'a> ser::Serializer for Ser<'a> {
             Err(out_of_range())
         }
     }
-    fn serialize_u8(self, _: u8) -> Result<(), Error> {
-        Ok(())
-    }
-    fn serialize_u16(self, _: u16) -> Result<(), Error> {
-        Ok(())
-    }
-    fn serialize_u32(self, _: u32) -> Result<(), Error> {
-        Ok(())
-    }
-    fn serialize_u64(self, _: u64) -> Result<(), Error> {
-        Ok(())
-    }
     fn serialize_u128(self, v: u128) -> Result<(), Error> {
         u64::try_from(v).map(|_| ()).map_err(|_| out_of_range())
-    }
-    fn serialize_f32(self, _: f32) -> Result<(), Error> {
-        Ok(()) // Non-finite floats become null, no error.
-    }
-    fn serialize_f64(self, _: f64) -> Result<(), Error> {
-        Ok(())
     }
     fn serialize_char(self, v: char) -> Result<(), Error> {
         // serde_json renders a char as a one-char string.
