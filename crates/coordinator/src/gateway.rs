@@ -41,6 +41,9 @@ pub const ERROR_CODE_HEADER: &str = "x-amisim-error-code";
 /// Request metadata the gateway sets on a call it forwards: the client's address (the node
 /// records it as `sourceIPAddress`; it would otherwise see the gateway's).
 pub const SOURCE_IP_HEADER: &str = "x-amisim-source-ip";
+/// Request metadata the gateway sets next to [`SOURCE_IP_HEADER`]: the client's `user-agent`
+/// (its own channel appends `tonic/…` to the `user-agent` it forwards).
+pub const USER_AGENT_HEADER: &str = "x-amisim-user-agent";
 /// Request metadata the gateway sets next to [`SOURCE_IP_HEADER`] with an accounts file:
 /// `Bearer <operator token>`, so that the node believes the address.
 pub const FORWARDED_BY_HEADER: &str = "x-amisim-forwarded-by";
@@ -387,8 +390,9 @@ impl Inner {
 }
 
 impl Inner {
-    /// Tells the node who the client is: the node sees the gateway's address, and the request
-    /// record's `sourceIPAddress` is the client's. Whatever the client sent under these names
+    /// Tells the node who the client is: the node sees the gateway's address (and a
+    /// `user-agent` the gateway's channel added to), and the request record's
+    /// `sourceIPAddress` and `userAgent` are the client's. Whatever the client sent under these names
     /// is dropped; with an accounts file the operator token vouches for the address
     /// (`amisim_region::ec2_service::forwarded_source_ip`).
     fn mark_forwarded(&self, req: &mut http::Request<Body>) {
@@ -399,9 +403,13 @@ impl Inner {
             .map(|addr| addr.ip().to_string());
         let headers = req.headers_mut();
         headers.remove(SOURCE_IP_HEADER);
+        headers.remove(USER_AGENT_HEADER);
         headers.remove(FORWARDED_BY_HEADER);
         if let Some(ip) = client.and_then(|ip| http::HeaderValue::from_str(&ip).ok()) {
             headers.insert(SOURCE_IP_HEADER, ip);
+            if let Some(agent) = headers.get(http::header::USER_AGENT).cloned() {
+                headers.insert(USER_AGENT_HEADER, agent);
+            }
             if let Some(token) = self.routes.operator.header() {
                 if let Ok(mut v) = http::HeaderValue::from_bytes(token.as_encoded_bytes()) {
                     v.set_sensitive(true);

@@ -47,6 +47,7 @@ impl tower::Service<http::Request<Body>> for FakeRegion {
             ("x-amisim-request-id", "x-amisim-request-id"),
             ("x-amisim-source-ip", "x-fake-source-ip"),
             ("x-amisim-forwarded-by", "x-fake-forwarded-by"),
+            ("x-amisim-user-agent", "x-fake-user-agent"),
         ] {
             if let Some(v) = req.headers().get(key) {
                 md.insert(echoed, v.to_str().unwrap().parse().unwrap());
@@ -114,6 +115,8 @@ async fn start_gateway_from(
     let channel = Channel::from_shared(format!("http://{addr}"))
         .unwrap()
         .local_address(local)
+        .user_agent("amisim-test/1")
+        .unwrap()
         .connect()
         .await
         .unwrap();
@@ -132,6 +135,10 @@ async fn forwards_the_clients_address_and_drops_a_forged_one() {
         amisim_coordinator::gateway::FORWARDED_BY_HEADER,
         amisim_region::ec2_service::FORWARDED_BY_KEY
     );
+    assert_eq!(
+        amisim_coordinator::gateway::USER_AGENT_HEADER,
+        amisim_region::ec2_service::FORWARDED_USER_AGENT_KEY
+    );
     let client_ip: std::net::IpAddr = "127.0.0.2".parse().unwrap();
     let (channel, _stop) =
         start_gateway_from(Some(client_ip), amisim_coordinator::OperatorAuth::none()).await;
@@ -143,9 +150,16 @@ async fn forwards_the_clients_address_and_drops_a_forged_one() {
     forged
         .metadata_mut()
         .insert("x-amisim-forwarded-by", "Bearer guess".parse().unwrap());
+    forged
+        .metadata_mut()
+        .insert("x-amisim-user-agent", "forged/1.0".parse().unwrap());
     for req in [request(Some("us-east-1")), forged] {
         let s = client.describe_images(req).await.unwrap_err();
         assert_eq!(md(&s, "x-fake-source-ip"), "127.0.0.2");
+        // The client's own user agent, without the gateway's channel's addition to it.
+        let agent = md(&s, "x-fake-user-agent");
+        assert!(agent.starts_with("amisim-test/1 "), "{agent}");
+        assert_eq!(agent.matches("tonic/").count(), 1, "{agent}");
         assert!(
             s.metadata().get("x-fake-forwarded-by").is_none(),
             "no operator token without an accounts file, and never the client's"

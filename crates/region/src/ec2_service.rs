@@ -27,6 +27,9 @@ pub const ERROR_CODE_KEY: &str = "x-amisim-error-code";
 /// Request metadata set by the coordinator's gateway on a call it forwards: the address of the
 /// client that made it (the node sees the gateway's), for the record's `sourceIPAddress`.
 pub const SOURCE_IP_KEY: &str = "x-amisim-source-ip";
+/// Request metadata set by the gateway next to [`SOURCE_IP_KEY`]: the client's `user-agent`
+/// (the gateway's own channel appends its name to the header it forwards).
+pub const FORWARDED_USER_AGENT_KEY: &str = "x-amisim-user-agent";
 /// Request metadata set by the gateway next to [`SOURCE_IP_KEY`]: `Bearer <operator token>`
 /// (with an accounts file), so a client cannot pass an address of its choosing.
 pub const FORWARDED_BY_KEY: &str = "x-amisim-forwarded-by";
@@ -98,17 +101,31 @@ pub fn request_id_from_metadata(md: &MetadataMap) -> String {
     request_id_or(md, || ids::generate_uuid(&mut rand::rng()))
 }
 
-/// The client address a gateway forwarded ([`SOURCE_IP_KEY`]), if it is an IP address and
-/// comes from the gateway: with an accounts file the call must carry the operator token in
-/// [`FORWARDED_BY_KEY`]; without one every caller is trusted with what it claims anyway (its
-/// account too), so the address is taken as given.
-pub fn forwarded_source_ip(md: &MetadataMap, accounts: Option<&Accounts>) -> Option<String> {
+/// Who made a call the gateway forwarded: the client's address and `user-agent`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Forwarded {
+    pub source_ip: String,
+    pub user_agent: Option<String>,
+}
+
+/// The client a gateway forwarded the call for ([`SOURCE_IP_KEY`],
+/// [`FORWARDED_USER_AGENT_KEY`]), if the address is an IP address and comes from the gateway:
+/// with an accounts file the call must carry the operator token in [`FORWARDED_BY_KEY`];
+/// without one every caller is trusted with what it claims anyway (its account too), so the
+/// client is taken as given.
+pub fn forwarded(md: &MetadataMap, accounts: Option<&Accounts>) -> Option<Forwarded> {
     let ip: std::net::IpAddr = md.get(SOURCE_IP_KEY)?.to_str().ok()?.trim().parse().ok()?;
     if let Some(accounts) = accounts {
         let by = md.get(FORWARDED_BY_KEY).and_then(|v| v.to_str().ok());
         accounts.authenticate_operator_header(by).ok()?;
     }
-    Some(ip.to_string())
+    Some(Forwarded {
+        source_ip: ip.to_string(),
+        user_agent: md
+            .get(FORWARDED_USER_AGENT_KEY)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string),
+    })
 }
 
 /// The request id from `x-amisim-request-id` as in [`request_id_from_metadata`], else
@@ -179,19 +196,25 @@ impl Ec2Service {
                 .and_then(ApiCall::claim),
             _ => None,
         };
+        let via_gateway = forwarded(md, self.node.accounts().map(|a| &**a));
         let call = ApiCall {
             event_source: self.event_source,
             read_only,
             account_id: account.as_ref().ok().cloned(),
             claimed_account,
             request_id: request_id.to_string(),
-            // The client's address: as the gateway forwarded it, else the peer's.
-            source_ip: forwarded_source_ip(md, self.node.accounts().map(|a| &**a))
-                .or_else(|| request.remote_addr().map(|a| a.ip().to_string())),
-            user_agent: md
-                .get("user-agent")
-                .and_then(|v| v.to_str().ok())
-                .map(str::to_string),
+            // The client: as the gateway forwarded it, else the peer.
+            source_ip: match &via_gateway {
+                Some(f) => Some(f.source_ip.clone()),
+                None => request.remote_addr().map(|a| a.ip().to_string()),
+            },
+            user_agent: match via_gateway {
+                Some(f) => f.user_agent,
+                None => md
+                    .get("user-agent")
+                    .and_then(|v| v.to_str().ok())
+                    .map(str::to_string),
+            },
             // A copy, rendered as JSON on the recorder's thread.
             request_parameters: Params::message(request.get_ref().clone()),
             ..ApiCall::default()
@@ -845,10 +868,11 @@ impl Ec2 for Ec2Service {
 mod tests {
     use super::*;
 
-    /// The gateway's forwarded client address is believed without an accounts file (every
-    /// claim is), and with one only next to the operator token; never if it is not an address.
+    /// The client a gateway forwards (address and user agent) is believed without an
+    /// accounts file (every claim is), and with one only next to the operator token; never if
+    /// the address is not an address.
     #[test]
-    fn a_forwarded_source_ip_needs_the_operator_token_when_there_are_tokens() {
+    fn a_forwarded_client_needs_the_operator_token_when_there_are_tokens() {
         use amisim_core::accounts::{AccountEntry, AccountsFile, OperatorEntry};
         let md = |pairs: &[(&'static str, &str)]| {
             let mut md = MetadataMap::new();
@@ -870,12 +894,19 @@ mod tests {
             ..AccountsFile::default()
         })
         .expect("accounts");
-        let forwarded = md(&[(SOURCE_IP_KEY, "10.1.2.3")]);
+        let ip = |m: &MetadataMap, a: Option<&Accounts>| forwarded(m, a).map(|f| f.source_ip);
+        let plain = md(&[
+            (SOURCE_IP_KEY, "10.1.2.3"),
+            (FORWARDED_USER_AGENT_KEY, "grpc-python/1.76"),
+        ]);
         assert_eq!(
-            forwarded_source_ip(&forwarded, None).as_deref(),
-            Some("10.1.2.3")
+            forwarded(&plain, None),
+            Some(Forwarded {
+                source_ip: "10.1.2.3".into(),
+                user_agent: Some("grpc-python/1.76".into()),
+            })
         );
-        assert_eq!(forwarded_source_ip(&forwarded, Some(&accounts)), None);
+        assert_eq!(forwarded(&plain, Some(&accounts)), None);
         let by = |token: &str| {
             md(&[
                 (SOURCE_IP_KEY, "10.1.2.3"),
@@ -883,19 +914,20 @@ mod tests {
             ])
         };
         assert_eq!(
-            forwarded_source_ip(&by("op-secret"), Some(&accounts)).as_deref(),
-            Some("10.1.2.3")
+            forwarded(&by("op-secret"), Some(&accounts)),
+            Some(Forwarded {
+                source_ip: "10.1.2.3".into(),
+                user_agent: None,
+            }),
+            "a client without a user agent stays without one"
         );
-        assert_eq!(forwarded_source_ip(&by("tok-owner"), Some(&accounts)), None);
+        assert_eq!(ip(&by("tok-owner"), Some(&accounts)), None);
         assert_eq!(
-            forwarded_source_ip(&md(&[(SOURCE_IP_KEY, "::1")]), None).as_deref(),
+            ip(&md(&[(SOURCE_IP_KEY, "::1")]), None).as_deref(),
             Some("::1")
         );
-        assert_eq!(
-            forwarded_source_ip(&md(&[(SOURCE_IP_KEY, "evil.example")]), None),
-            None
-        );
-        assert_eq!(forwarded_source_ip(&MetadataMap::new(), None), None);
+        assert_eq!(ip(&md(&[(SOURCE_IP_KEY, "evil.example")]), None), None);
+        assert_eq!(ip(&MetadataMap::new(), None), None);
     }
 
     #[test]
