@@ -921,119 +921,102 @@ trait AsOfRead: Sized + Send + 'static {
     fn respond(merged: AsOfMerged<Self::Item>) -> Self::Answer;
 }
 
-impl AsOfRead for DescribeImagesAsOfRequest {
-    type Describe = DescribeImagesRequest;
-    type Item = amisim_proto::Image;
-    type Answer = DescribeImagesAsOfResponse;
-    const RPC: &'static str = "DescribeImagesAsOf";
-    fn into_parts(self) -> (String, Option<AsOf>, Self::Describe) {
-        (self.region, self.as_of, self.request.unwrap_or_default())
-    }
-    fn for_region(as_of: Option<AsOf>, describe: Self::Describe, region: String) -> Self {
-        DescribeImagesAsOfRequest {
-            as_of,
-            request: Some(describe),
-            region,
-        }
-    }
-    fn call(
-        mut c: NodeAudit,
-        req: Request<Self>,
-    ) -> futures::future::BoxFuture<'static, Result<Response<Self::Answer>, Status>> {
-        Box::pin(async move { c.describe_images_as_of(req).await })
-    }
-    fn answer(a: Self::Answer) -> AsOfAnswer<Self::Item> {
-        let response = a.response.unwrap_or_default();
-        AsOfAnswer {
-            seq: a.seq,
-            sim_time_ms: a.sim_time_ms,
-            next_token: response.next_token,
-            items: response.images,
-        }
-    }
-    fn id(item: &Self::Item) -> &str {
-        &item.image_id
-    }
-    fn not_found(absent: &[&str]) -> Ec2Error {
-        Ec2Error::image_not_found(absent)
-    }
-    fn respond(merged: AsOfMerged<Self::Item>) -> Self::Answer {
-        DescribeImagesAsOfResponse {
-            seq: merged.seq,
-            sim_time_ms: merged.sim_time_ms,
-            response: Some(DescribeImagesResponse {
-                images: merged.items.iter().map(|(_, i)| i.clone()).collect(),
-                next_token: merged.next_token,
-            }),
-            regions: merged.regions,
-            images: merged
-                .items
-                .into_iter()
-                .map(|(region, image)| RegionImage {
+/// An [`AsOfRead`] impl: the images and snapshots RPCs have the same shape, with their own
+/// proto types and field names.
+macro_rules! as_of_read {
+    (
+        $req:ident { describe: $describe:ty, item: $item:ty, answer: $answer:ident,
+        response: $response:ident, listed: $listed:ident, per_region: $per_region:ident,
+        one: $one:ident, id: $id:ident, rpc: $rpc:literal, call: $call:ident,
+        not_found: $not_found:expr $(,)? }
+    ) => {
+        impl AsOfRead for $req {
+            type Describe = $describe;
+            type Item = $item;
+            type Answer = $answer;
+            const RPC: &'static str = $rpc;
+            fn into_parts(self) -> (String, Option<AsOf>, Self::Describe) {
+                (self.region, self.as_of, self.request.unwrap_or_default())
+            }
+            fn for_region(as_of: Option<AsOf>, describe: Self::Describe, region: String) -> Self {
+                $req {
+                    as_of,
+                    request: Some(describe),
                     region,
-                    image: Some(image),
-                })
-                .collect(),
+                }
+            }
+            fn call(
+                mut c: NodeAudit,
+                req: Request<Self>,
+            ) -> futures::future::BoxFuture<'static, Result<Response<Self::Answer>, Status>> {
+                Box::pin(async move { c.$call(req).await })
+            }
+            fn answer(a: Self::Answer) -> AsOfAnswer<Self::Item> {
+                let response = a.response.unwrap_or_default();
+                AsOfAnswer {
+                    seq: a.seq,
+                    sim_time_ms: a.sim_time_ms,
+                    next_token: response.next_token,
+                    items: response.$listed,
+                }
+            }
+            fn id(item: &Self::Item) -> &str {
+                &item.$id
+            }
+            fn not_found(absent: &[&str]) -> Ec2Error {
+                let not_found: fn(&[&str]) -> Ec2Error = $not_found;
+                not_found(absent)
+            }
+            fn respond(merged: AsOfMerged<Self::Item>) -> Self::Answer {
+                $answer {
+                    seq: merged.seq,
+                    sim_time_ms: merged.sim_time_ms,
+                    response: Some($response {
+                        $listed: merged.items.iter().map(|(_, x)| x.clone()).collect(),
+                        next_token: merged.next_token,
+                    }),
+                    regions: merged.regions,
+                    $listed: merged
+                        .items
+                        .into_iter()
+                        .map(|(region, x)| $per_region {
+                            region,
+                            $one: Some(x),
+                        })
+                        .collect(),
+                }
+            }
         }
-    }
+    };
 }
 
-impl AsOfRead for DescribeSnapshotsAsOfRequest {
-    type Describe = DescribeSnapshotsRequest;
-    type Item = amisim_proto::Snapshot;
-    type Answer = DescribeSnapshotsAsOfResponse;
-    const RPC: &'static str = "DescribeSnapshotsAsOf";
-    fn into_parts(self) -> (String, Option<AsOf>, Self::Describe) {
-        (self.region, self.as_of, self.request.unwrap_or_default())
-    }
-    fn for_region(as_of: Option<AsOf>, describe: Self::Describe, region: String) -> Self {
-        DescribeSnapshotsAsOfRequest {
-            as_of,
-            request: Some(describe),
-            region,
-        }
-    }
-    fn call(
-        mut c: NodeAudit,
-        req: Request<Self>,
-    ) -> futures::future::BoxFuture<'static, Result<Response<Self::Answer>, Status>> {
-        Box::pin(async move { c.describe_snapshots_as_of(req).await })
-    }
-    fn answer(a: Self::Answer) -> AsOfAnswer<Self::Item> {
-        let response = a.response.unwrap_or_default();
-        AsOfAnswer {
-            seq: a.seq,
-            sim_time_ms: a.sim_time_ms,
-            next_token: response.next_token,
-            items: response.snapshots,
-        }
-    }
-    fn id(item: &Self::Item) -> &str {
-        &item.snapshot_id
-    }
-    fn not_found(absent: &[&str]) -> Ec2Error {
-        Ec2Error::snapshot_not_found(&absent.join(", "))
-    }
-    fn respond(merged: AsOfMerged<Self::Item>) -> Self::Answer {
-        DescribeSnapshotsAsOfResponse {
-            seq: merged.seq,
-            sim_time_ms: merged.sim_time_ms,
-            response: Some(DescribeSnapshotsResponse {
-                snapshots: merged.items.iter().map(|(_, s)| s.clone()).collect(),
-                next_token: merged.next_token,
-            }),
-            regions: merged.regions,
-            snapshots: merged
-                .items
-                .into_iter()
-                .map(|(region, snapshot)| RegionSnapshot {
-                    region,
-                    snapshot: Some(snapshot),
-                })
-                .collect(),
-        }
-    }
-}
+as_of_read!(DescribeImagesAsOfRequest {
+    describe: DescribeImagesRequest,
+    item: amisim_proto::Image,
+    answer: DescribeImagesAsOfResponse,
+    response: DescribeImagesResponse,
+    listed: images,
+    per_region: RegionImage,
+    one: image,
+    id: image_id,
+    rpc: "DescribeImagesAsOf",
+    call: describe_images_as_of,
+    not_found: |absent| Ec2Error::image_not_found(absent),
+});
+
+as_of_read!(DescribeSnapshotsAsOfRequest {
+    describe: DescribeSnapshotsRequest,
+    item: amisim_proto::Snapshot,
+    answer: DescribeSnapshotsAsOfResponse,
+    response: DescribeSnapshotsResponse,
+    listed: snapshots,
+    per_region: RegionSnapshot,
+    one: snapshot,
+    id: snapshot_id,
+    rpc: "DescribeSnapshotsAsOf",
+    call: describe_snapshots_as_of,
+    not_found: |absent| Ec2Error::snapshot_not_found(&absent.join(", ")),
+});
 
 /// What an as-of read asks of the regions: which ones, the point each reads at, and the
 /// explicit ids of a read over several regions (each must be shown by some region).
