@@ -207,14 +207,6 @@ impl Params {
             Params::Message(m) => m.json(),
         }
     }
-
-    /// The JSON, without a copy when it is rendered already.
-    pub fn into_json(self) -> Value {
-        match self {
-            Params::Json(v) => v,
-            Params::Message(m) => m.json(),
-        }
-    }
 }
 
 impl Default for Params {
