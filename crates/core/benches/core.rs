@@ -198,8 +198,66 @@ fn bench_replay(c: &mut Criterion, fx: &Fixture) {
     group.finish();
 }
 
+/// What the region writer does to the state per round under a RegisterImage load: a working
+/// copy of the decided state, the timers now due (the previous round's images turn
+/// `available`), [`WRITER_ROUND`] RegisterImage decisions applied, the result published, and the
+/// state published two rounds before dropped (the commit thread frees it). Unlike
+/// `decide_apply` above, nothing is warm: each round writes into other nodes of a growing
+/// state, copies them on write and later frees the copies, as the node does. Per element: one
+/// RegisterImage and its ImageAvailable.
+fn bench_writer_round(c: &mut Criterion, fx: &Fixture) {
+    let mut group = c.benchmark_group(format!("writer_{}k_images", IMAGES / 1000));
+    group.throughput(Throughput::Elements(WRITER_ROUND as u64));
+    // No AMI quota: the state grows by WRITER_ROUND images per iteration.
+    let config = Config {
+        max_images: usize::MAX,
+        ..Config::default()
+    };
+    let accounts: Vec<String> = (0..ACCOUNTS).map(account).collect();
+    group.bench_function(format!("round_of_{WRITER_ROUND}_register"), |b| {
+        let mut rng = ChaCha8Rng::seed_from_u64(3);
+        let mut state = fx.region.state.clone();
+        let mut published: std::collections::VecDeque<Arc<State>> = Default::default();
+        let mut now = T0 + 7_200_000;
+        let mut n = 0usize;
+        b.iter_custom(|iters| {
+            let start = std::time::Instant::now();
+            for _ in 0..iters {
+                // Past the availability delay of the previous round's images.
+                now += 60_000;
+                let mut working = state.clone();
+                let mut ctx = Ctx::new(REGION, "system", now, &mut rng, &config);
+                black_box(amisim_core::tick::tick_into(&mut working, &mut ctx));
+                for _ in 0..WRITER_ROUND {
+                    n += 1;
+                    let a = n % ACCOUNTS;
+                    let cmd =
+                        Command::RegisterImage(register(&format!("writer-{n}"), &fx.snapshots[a]));
+                    let mut ctx = Ctx::new(REGION, &accounts[a], now, &mut rng, &config);
+                    let d = decide(&working, &mut ctx, cmd).expect("a valid RegisterImage");
+                    for p in &d.events {
+                        working.apply_payload(p);
+                    }
+                }
+                state = working;
+                published.push_back(Arc::new(state.clone()));
+                if published.len() > 2 {
+                    drop(published.pop_front());
+                }
+            }
+            start.elapsed()
+        })
+    });
+    group.finish();
+}
+
+/// RegisterImage decisions per writer round in [`bench_writer_round`] (the node's rounds held
+/// 14-16 commands at 64 requests in flight).
+const WRITER_ROUND: usize = 16;
+
 fn benches(c: &mut Criterion) {
     let fx = fixture(IMAGES);
+    bench_writer_round(c, &fx);
     bench_decide(c, &fx);
     bench_describe(c, &fx);
     bench_state(c, &fx);

@@ -516,7 +516,11 @@ fn key_inaccessible(state: &State, region: &str, s: &Snapshot, account: &str) ->
 }
 
 fn check_name_free(state: &State, owner: &str, name: &str) -> Ec2Result<()> {
-    match state.image_names.get(&(owner.into(), name.into())) {
+    match state
+        .image_names
+        .find(&state.images, owner, name)
+        .map(|i| i.id())
+    {
         Some(id) => Err(Ec2Error::new(
             ErrorCode::InvalidAmiNameDuplicate,
             format!("AMI name {name} is already in use by AMI {id}"),

@@ -178,7 +178,11 @@ pub fn images_pending_from_instance(state: &State, instance_id: &str) -> Vec<Str
 
 /// `InvalidAMIName.Duplicate` if the owner already has a (not deregistered) image of that name.
 fn check_name_free(state: &State, owner: &str, name: &str) -> Ec2Result<()> {
-    match state.image_names.get(&(owner.into(), name.into())) {
+    match state
+        .image_names
+        .find(&state.images, owner, name)
+        .map(|i| i.id())
+    {
         Some(id) => Err(Ec2Error::new(
             ErrorCode::InvalidAmiNameDuplicate,
             format!("AMI name {name} is already in use by AMI {id}"),

@@ -2881,17 +2881,16 @@ mod tests {
         }
 
         /// The n-th key (wrapping), or a well-formed id nobody has.
-        fn pick<K: Ord + Clone + AsRef<str>, V: Clone>(
-            m: &imbl::OrdMap<K, V>,
+        fn pick<'a, K: AsRef<str> + 'a>(
+            mut keys: impl ExactSizeIterator<Item = &'a K>,
             n: usize,
             none: &str,
         ) -> String {
-            let len = m.len();
+            let len = keys.len();
             if len == 0 {
                 return none.to_string();
             }
-            m.keys()
-                .nth(n % len)
+            keys.nth(n % len)
                 .map(|k| k.as_ref().to_string())
                 .unwrap_or_else(|| none.to_string())
         }
@@ -2899,7 +2898,7 @@ mod tests {
         fn command(h: &Harness, op: &Op) -> Option<(&'static str, Command)> {
             let s = &h.state;
             let who = |o: bool| if o { OTHER } else { OWNER };
-            let inst = |n| pick(&s.instances, n, "i-12345678");
+            let inst = |n| pick(s.instances.keys(), n, "i-12345678");
             // Mostly the caller's own instances; every 8th pick any instance (maybe foreign).
             let own = |o: bool, n: usize| {
                 let mine: Vec<&String> = s
@@ -2914,9 +2913,9 @@ mod tests {
                     mine[n % mine.len()].clone()
                 }
             };
-            let vol = |n| pick(&s.volumes, n, "vol-12345678");
-            let snap = |n| pick(&s.snapshots, n, "snap-12345678");
-            let img = |n| pick(&s.images, n, "ami-12345678");
+            let vol = |n| pick(s.volumes.keys(), n, "vol-12345678");
+            let snap = |n| pick(s.snapshots.keys(), n, "snap-12345678");
+            let img = |n| pick(s.images.keys(), n, "ami-12345678");
             Some(match op {
                 Op::Run {
                     other,

@@ -26,6 +26,7 @@ pub mod event_filter;
 pub mod filter;
 pub mod ids;
 pub mod image;
+pub mod image_table;
 pub mod instance;
 pub mod kms;
 pub mod mapping;

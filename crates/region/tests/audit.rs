@@ -207,7 +207,8 @@ async fn audit_service_verifies_exports_the_key_and_streams_filtered() {
     }
     let image = {
         let s = node.state();
-        s.images.keys().next().unwrap().to_string()
+        let first = s.images.keys().next().unwrap().to_string();
+        first
     };
     node.execute(
         OTHER,

@@ -1,0 +1,424 @@
+//! The two image collections of the projection, laid out for the writer's copy-on-write.
+//!
+//! The writer publishes a new state after every group commit, so each round's first write into
+//! a node of a persistent map copies that node: its 64 entries. An entry that holds a
+//! reference-counted pointer costs a cache miss on a cold counter when copied and again when the
+//! superseded copy is freed; under a RegisterImage load that was most of the writer's CPU
+//! (`cargo bench -p amisim-core --bench core -- writer`). So:
+//!
+//! - [`ImageTable`] keeps the images in creation order (a slot number per image) and a
+//!   separate id → slot index of inline bytes. A new image lands in the rightmost node of the
+//!   slot map, next to the images created just before it, and so does the `available` change a
+//!   moment later: a round of writes copies one path of recent, warm entries instead of one
+//!   node of cold entries per image. Copying an index node copies bytes.
+//! - [`ImageNames`] (the `InvalidAMIName.Duplicate` index) holds `(owner, hash of the name,
+//!   image id)`, all inline; a lookup confirms the name on the image itself.
+//!
+//! Both read like the maps they replace: by id, in id order. Slots are not part of the state's
+//! meaning: equality, serialization (a map of id → image, as before) and therefore the digest
+//! ignore them, and a state read back from a checkpoint numbers its images afresh.
+
+use std::fmt;
+use std::hash::Hasher;
+use std::sync::Arc;
+
+use imbl::{OrdMap, OrdSet};
+use serde::de::{MapAccess, Visitor};
+use serde::ser::SerializeMap;
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+use crate::state::{Image, ImageState, InlineId};
+
+/// Every image of the region by id (deregistered ones until they are forgotten).
+#[derive(Clone, Default)]
+pub struct ImageTable {
+    /// id → slot. Entries are inline bytes.
+    index: OrdMap<InlineId, u64>,
+    /// slot → image, slots in creation order.
+    slots: OrdMap<u64, Arc<Image>>,
+    /// The slot of the next new image.
+    next_slot: u64,
+}
+
+impl ImageTable {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    pub fn len(&self) -> usize {
+        self.index.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.index.is_empty()
+    }
+
+    pub fn get(&self, id: &str) -> Option<&Arc<Image>> {
+        self.slots.get(self.index.get(id)?)
+    }
+
+    pub fn contains_key(&self, id: &str) -> bool {
+        self.index.contains_key(id)
+    }
+
+    /// The image to change in place (`Arc::make_mut` copies it first if a published state
+    /// shares it).
+    pub fn get_mut(&mut self, id: &str) -> Option<&mut Arc<Image>> {
+        let slot = *self.index.get(id)?;
+        self.slots.get_mut(&slot)
+    }
+
+    /// Inserts or replaces the image `id`; a replaced image keeps its slot. Returns the image it
+    /// replaced.
+    pub fn insert(&mut self, id: InlineId, image: Arc<Image>) -> Option<Arc<Image>> {
+        match self.index.get(id.as_str()) {
+            Some(slot) => self.slots.insert(*slot, image),
+            None => {
+                let slot = self.next_slot;
+                self.next_slot += 1;
+                self.index.insert(id, slot);
+                self.slots.insert(slot, image);
+                None
+            }
+        }
+    }
+
+    pub fn remove(&mut self, id: &str) -> Option<Arc<Image>> {
+        let slot = self.index.remove(id)?;
+        self.slots.remove(&slot)
+    }
+
+    /// Ids and images in id order.
+    pub fn iter(&self) -> impl Iterator<Item = (&InlineId, &Arc<Image>)> + '_ {
+        self.index
+            .iter()
+            .filter_map(|(id, slot)| Some((id, self.slots.get(slot)?)))
+    }
+
+    /// Ids in order.
+    pub fn keys(&self) -> impl ExactSizeIterator<Item = &InlineId> + '_ {
+        self.index.keys()
+    }
+
+    /// Images in id order.
+    pub fn values(&self) -> impl Iterator<Item = &Arc<Image>> + '_ {
+        self.iter().map(|(_, image)| image)
+    }
+
+    /// Images in creation order: a scan that does not need id order (a count, an `any`) reads
+    /// the images without the index.
+    pub fn values_unordered(&self) -> impl Iterator<Item = &Arc<Image>> + '_ {
+        self.slots.values()
+    }
+}
+
+impl std::ops::Index<&str> for ImageTable {
+    type Output = Arc<Image>;
+
+    /// The image `id`. Panics if there is none (tests; code uses [`ImageTable::get`]).
+    fn index(&self, id: &str) -> &Arc<Image> {
+        match self.get(id) {
+            Some(image) => image,
+            None => panic!("no image {id} in the table"),
+        }
+    }
+}
+
+impl PartialEq for ImageTable {
+    /// The same images under the same ids (slots do not matter).
+    fn eq(&self, other: &Self) -> bool {
+        self.len() == other.len() && self.iter().eq(other.iter())
+    }
+}
+
+impl Eq for ImageTable {}
+
+impl fmt::Debug for ImageTable {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_map().entries(self.iter()).finish()
+    }
+}
+
+/// A map of id → image in id order: the encoding of the map this table replaced, so the digest
+/// and checkpoints read the same.
+impl Serialize for ImageTable {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let mut map = serializer.serialize_map(Some(self.len()))?;
+        for (id, image) in self.iter() {
+            map.serialize_entry(id, image)?;
+        }
+        map.end()
+    }
+}
+
+impl<'de> Deserialize<'de> for ImageTable {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct TableVisitor;
+
+        impl<'de> Visitor<'de> for TableVisitor {
+            type Value = ImageTable;
+
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a map of image id to image")
+            }
+
+            fn visit_map<A: MapAccess<'de>>(self, mut access: A) -> Result<ImageTable, A::Error> {
+                let mut table = ImageTable::new();
+                while let Some((id, image)) = access.next_entry::<InlineId, Arc<Image>>()? {
+                    table.insert(id, image);
+                }
+                Ok(table)
+            }
+        }
+
+        deserializer.deserialize_map(TableVisitor)
+    }
+}
+
+/// The names of the images not deregistered, by owner (`InvalidAMIName.Duplicate`): a set of
+/// `(owner, name hash, image id)`. Different names can share a hash: [`ImageNames::find`]
+/// compares the name of each candidate image.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ImageNames(OrdSet<(InlineId, u64, InlineId)>);
+
+impl ImageNames {
+    /// The hash a name is filed under: 64-bit FNV-1a of its UTF-8 bytes (a fixed function, so a
+    /// checkpoint reads back the same).
+    pub fn hash(name: &str) -> u64 {
+        let mut h = fnv::FnvHasher::default();
+        h.write(name.as_bytes());
+        h.finish()
+    }
+
+    /// Files `image_id` under its owner and name.
+    pub fn insert(&mut self, owner: &str, name: &str, image_id: &str) {
+        self.0
+            .insert((owner.into(), Self::hash(name), image_id.into()));
+    }
+
+    /// Removes the entry of `image_id` under its owner and name (if there is one).
+    pub fn remove(&mut self, owner: &str, name: &str, image_id: &str) {
+        self.0
+            .remove(&(owner.into(), Self::hash(name), image_id.into()));
+    }
+
+    /// The image of `owner` named `name` that is not deregistered, if any.
+    pub fn find<'a>(&self, images: &'a ImageTable, owner: &str, name: &str) -> Option<&'a Image> {
+        let hash = Self::hash(name);
+        let from = (InlineId::from(owner), hash, InlineId::default());
+        self.0
+            .range(from..)
+            .take_while(|(o, h, _)| o == owner && *h == hash)
+            .filter_map(|(_, _, id)| images.get(id))
+            .map(|image| &**image)
+            .find(|image| image.registered.name == name && image.state != ImageState::Deregistered)
+    }
+
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::state::{ImageRegisteredData, Tags};
+
+    fn image(id: &str, owner: &str, name: &str) -> Arc<Image> {
+        Arc::new(Image {
+            registered: ImageRegisteredData {
+                image_id: id.into(),
+                owner_id: owner.into(),
+                name: name.into(),
+                ..ImageRegisteredData::default()
+            },
+            state: ImageState::Available,
+            state_reason: None,
+            tags: Tags::new(),
+            launch_permissions: OrdSet::new(),
+            forget_at_ms: None,
+            deprecation_time_ms: None,
+        })
+    }
+
+    const OWNER: &str = "111122223333";
+
+    /// A table filled in an order other than id order.
+    fn table() -> ImageTable {
+        let mut t = ImageTable::new();
+        for id in [
+            "ami-0000000000000000c",
+            "ami-0000000000000000a",
+            "ami-0000000000000000b",
+        ] {
+            t.insert(id.into(), image(id, OWNER, id));
+        }
+        t
+    }
+
+    #[test]
+    fn reads_by_id_and_in_id_order_whatever_the_creation_order() {
+        let t = table();
+        assert_eq!(t.len(), 3);
+        assert_eq!(
+            t.keys().map(|k| k.as_str()).collect::<Vec<_>>(),
+            [
+                "ami-0000000000000000a",
+                "ami-0000000000000000b",
+                "ami-0000000000000000c"
+            ]
+        );
+        assert_eq!(
+            t.values().map(|i| i.id()).collect::<Vec<_>>(),
+            t.keys().map(|k| k.as_str()).collect::<Vec<_>>()
+        );
+        // Creation order.
+        assert_eq!(
+            t.values_unordered().map(|i| i.id()).collect::<Vec<_>>(),
+            [
+                "ami-0000000000000000c",
+                "ami-0000000000000000a",
+                "ami-0000000000000000b"
+            ]
+        );
+        assert_eq!(t["ami-0000000000000000b"].id(), "ami-0000000000000000b");
+        assert!(t.get("ami-0000000000000000d").is_none());
+        assert!(t.contains_key("ami-0000000000000000a"));
+    }
+
+    #[test]
+    fn replacing_and_removing_keep_the_index_and_the_slots_in_step() {
+        let mut t = table();
+        let old = t.insert(
+            "ami-0000000000000000a".into(),
+            image("ami-0000000000000000a", OWNER, "renamed"),
+        );
+        assert_eq!(
+            old.map(|i| i.registered.name.clone()).as_deref(),
+            Some("ami-0000000000000000a")
+        );
+        assert_eq!(t.len(), 3);
+        assert_eq!(
+            t.values_unordered().count(),
+            3,
+            "a replaced image keeps its slot"
+        );
+        assert_eq!(t["ami-0000000000000000a"].registered.name, "renamed");
+
+        Arc::make_mut(t.get_mut("ami-0000000000000000c").unwrap()).state = ImageState::Failed;
+        assert_eq!(t["ami-0000000000000000c"].state, ImageState::Failed);
+
+        assert!(t.remove("ami-0000000000000000b").is_some());
+        assert!(t.remove("ami-0000000000000000b").is_none());
+        assert_eq!(t.len(), 2);
+        assert_eq!(t.values_unordered().count(), 2);
+        assert!(t.get_mut("ami-0000000000000000b").is_none());
+    }
+
+    #[test]
+    fn a_published_copy_does_not_see_later_changes() {
+        let mut t = table();
+        let published = t.clone();
+        Arc::make_mut(t.get_mut("ami-0000000000000000a").unwrap()).state = ImageState::Failed;
+        t.insert(
+            "ami-0000000000000000d".into(),
+            image("ami-0000000000000000d", OWNER, "d"),
+        );
+        assert_eq!(
+            published["ami-0000000000000000a"].state,
+            ImageState::Available
+        );
+        assert!(published.get("ami-0000000000000000d").is_none());
+        assert_ne!(published, t);
+    }
+
+    #[test]
+    fn equality_and_encoding_ignore_the_slots() {
+        let t = table();
+        let mut same = ImageTable::new();
+        for (id, image) in t.iter() {
+            same.insert(id.clone(), image.clone());
+        }
+        assert_eq!(t, same, "same images, other creation order");
+        let bytes = bincode::serialize(&t).unwrap();
+        assert_eq!(bytes, bincode::serialize(&same).unwrap());
+        // The encoding of the map it replaced.
+        let as_map: OrdMap<InlineId, Arc<Image>> =
+            t.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+        assert_eq!(bytes, bincode::serialize(&as_map).unwrap());
+        let back: ImageTable = bincode::deserialize(&bytes).unwrap();
+        assert_eq!(back, t);
+        assert_eq!(back.values_unordered().count(), 3);
+    }
+
+    #[test]
+    fn names_are_found_by_owner_and_exact_name() {
+        let t = table();
+        let mut names = ImageNames::default();
+        for image in t.values() {
+            names.insert(image.owner(), &image.registered.name, image.id());
+        }
+        let found = names
+            .find(&t, OWNER, "ami-0000000000000000b")
+            .map(|i| i.id());
+        assert_eq!(found, Some("ami-0000000000000000b"));
+        assert!(names
+            .find(&t, "444455556666", "ami-0000000000000000b")
+            .is_none());
+        assert!(names.find(&t, OWNER, "ami-0000000000000000").is_none());
+        names.remove(OWNER, "ami-0000000000000000b", "ami-0000000000000000b");
+        assert!(names.find(&t, OWNER, "ami-0000000000000000b").is_none());
+        assert_eq!(names.len(), 2);
+    }
+
+    #[test]
+    fn two_names_under_one_hash_are_told_apart() {
+        // Two images filed under the same (owner, hash) as if their names collided: the lookup
+        // compares the real names.
+        let mut t = ImageTable::new();
+        t.insert(
+            "ami-00000000000000001".into(),
+            image("ami-00000000000000001", OWNER, "one"),
+        );
+        t.insert(
+            "ami-00000000000000002".into(),
+            image("ami-00000000000000002", OWNER, "two"),
+        );
+        let hash = ImageNames::hash("two");
+        let mut names = ImageNames::default();
+        names
+            .0
+            .insert((OWNER.into(), hash, "ami-00000000000000001".into()));
+        names
+            .0
+            .insert((OWNER.into(), hash, "ami-00000000000000002".into()));
+        assert_eq!(
+            names.find(&t, OWNER, "two").map(|i| i.id()),
+            Some("ami-00000000000000002")
+        );
+        assert!(
+            names.find(&t, OWNER, "one").is_none(),
+            "filed under another hash"
+        );
+    }
+
+    #[test]
+    fn a_deregistered_image_does_not_hold_its_name() {
+        let mut t = table();
+        let mut names = ImageNames::default();
+        names.insert(OWNER, "ami-0000000000000000a", "ami-0000000000000000a");
+        Arc::make_mut(t.get_mut("ami-0000000000000000a").unwrap()).state = ImageState::Deregistered;
+        assert!(names.find(&t, OWNER, "ami-0000000000000000a").is_none());
+    }
+
+    #[test]
+    fn the_name_hash_is_fnv1a() {
+        // Reference values of 64-bit FNV-1a: the checkpoint format depends on them.
+        assert_eq!(ImageNames::hash(""), 0xcbf2_9ce4_8422_2325);
+        assert_eq!(ImageNames::hash("a"), 0xaf63_dc4c_8601_ec8c);
+    }
+}
