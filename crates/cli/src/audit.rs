@@ -15,7 +15,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
-use amisim_log::{SledLog, SledOptions};
+use amisim_log::{DiskLog, SledOptions};
 use amisim_region::audit;
 use anyhow::Context;
 use serde_json::json;
@@ -106,7 +106,7 @@ pub async fn run(args: AuditArgs) -> anyhow::Result<()> {
 }
 
 /// Opens a stopped region's log read-only in spirit (nothing is written), without verifying.
-pub fn open_log(dir: &Path) -> anyhow::Result<SledLog> {
+pub fn open_log(dir: &Path) -> anyhow::Result<DiskLog> {
     anyhow::ensure!(
         dir.is_dir(),
         "no event log at {}: not a directory",
@@ -116,7 +116,7 @@ pub fn open_log(dir: &Path) -> anyhow::Result<SledLog> {
         verify_on_open: false,
         ..SledOptions::default()
     };
-    SledLog::open(dir, opts).with_context(|| {
+    DiskLog::open_existing(dir, opts).with_context(|| {
         format!(
             "cannot open the event log at {} (is a node still running on it?)",
             dir.display()

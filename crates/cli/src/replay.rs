@@ -8,7 +8,7 @@ use std::io::IsTerminal;
 use std::path::PathBuf;
 
 use amisim_core::State;
-use amisim_log::{EventLog, SledLog, SledOptions};
+use amisim_log::{DiskLog, EventLog, SledOptions};
 use anyhow::Context;
 use serde_json::json;
 
@@ -53,7 +53,7 @@ pub fn run(args: ReplayArgs) -> anyhow::Result<()> {
         verify_on_open: false,
         ..SledOptions::default()
     };
-    let log = SledLog::open(dir, opts).with_context(|| {
+    let log = DiskLog::open_existing(dir, opts).with_context(|| {
         format!(
             "cannot open the event log at {} (is a node still running on it?)",
             dir.display()

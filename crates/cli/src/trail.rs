@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use amisim_log::{EventLog, MemoryLog, SledLog, SledOptions};
+use amisim_log::{DiskLog, EventLog, MemoryLog, SledOptions};
 use amisim_proto::audit_client::AuditClient;
 use amisim_proto::{LookupAttribute, LookupEventsRequest, TrailEvent};
 use amisim_region::audit::{self, Attribute, Export, Lookup, Record};
@@ -117,7 +117,7 @@ fn parse_attribute(s: &str) -> Result<(String, String), String> {
 }
 
 /// The state log and the request log of a stopped region's data directory.
-fn open_logs(dir: &Path) -> anyhow::Result<(SledLog, Arc<dyn EventLog>)> {
+fn open_logs(dir: &Path) -> anyhow::Result<(DiskLog, Arc<dyn EventLog>)> {
     let state = crate::audit::open_log(dir)?;
     let requests_dir = dir.join(audit::REQUESTS_DIR);
     let requests: Arc<dyn EventLog> = if requests_dir.is_dir() {
@@ -125,12 +125,14 @@ fn open_logs(dir: &Path) -> anyhow::Result<(SledLog, Arc<dyn EventLog>)> {
             verify_on_open: false,
             ..SledOptions::default()
         };
-        Arc::new(SledLog::open(&requests_dir, opts).with_context(|| {
-            format!(
-                "cannot open the request log at {} (is a node still running on it?)",
-                requests_dir.display()
-            )
-        })?)
+        Arc::new(
+            DiskLog::open_existing(&requests_dir, opts).with_context(|| {
+                format!(
+                    "cannot open the request log at {} (is a node still running on it?)",
+                    requests_dir.display()
+                )
+            })?,
+        )
     } else {
         eprintln!(
             "amisim audit: no request log in {} (written by nodes since ADR 0007): \
@@ -157,7 +159,7 @@ pub fn verify_requests(
         verify_on_open: false,
         ..SledOptions::default()
     };
-    let log = SledLog::open(&requests_dir, opts)
+    let log = DiskLog::open_existing(&requests_dir, opts)
         .with_context(|| format!("cannot open the request log at {}", requests_dir.display()))?;
     let digests = audit::read_request_digests(dir)?;
     let report = audit::verify_log_of(&log, &digests, key, audit::REQUESTS_LOG)?;

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use amisim_chaos::{Clock, NodeState};
 use amisim_lab::{Cluster, ClusterClock, ClusterSpec};
-use amisim_log::{EventLog, SledLog, SledOptions};
+use amisim_log::{DiskLog, EventLog, SledOptions};
 use amisim_proto::chaos_client::ChaosClient;
 use amisim_proto::coordinator_client::CoordinatorClient;
 use amisim_proto::ec2_client::Ec2Client;
@@ -68,7 +68,7 @@ fn state_of(cluster: &Cluster, node: &str) -> NodeState {
 
 /// The node-fault records (`action`, `node`) in a region's log, read offline.
 fn fault_records(dir: &std::path::Path) -> Vec<(String, String)> {
-    let log = SledLog::open(dir, SledOptions::default()).expect("open log");
+    let log = DiskLog::open(dir, SledOptions::default()).expect("open log");
     let head = log.head().seq;
     log.read_range(1, head)
         .expect("read")

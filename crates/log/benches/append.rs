@@ -1,10 +1,12 @@
-//! Durable append (group commit) at several batch sizes, read_range and a full verify.
+//! Durable append (group commit) at several batch sizes, read_range and a full verify, for the
+//! sled log (`…/batch_N`, `read/read_range_1024`, `read/verify_20000`: the names from before
+//! segments, so old baselines still compare) and the segment log (`segments_…`).
 //!
 //! `cargo bench -p amisim-log --bench append` (add `-- --quick` for a fast run).
 
 use std::hint::black_box;
 
-use amisim_log::{Event, EventLog, SledLog, SledOptions};
+use amisim_log::{Event, EventLog, SegmentLog, SegmentOptions, SledLog, SledOptions};
 use amisim_proto::{event::Payload, ImageRegistered, MappingRecord};
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
 
@@ -43,31 +45,62 @@ fn batch(start: u64, n: u64) -> Vec<Event> {
     (start..start + n).map(event).collect()
 }
 
+/// The two durable backends, by bench-name prefix.
+#[derive(Clone, Copy)]
+enum Backend {
+    Sled,
+    Segments,
+}
+
+impl Backend {
+    const ALL: [Backend; 2] = [Backend::Sled, Backend::Segments];
+
+    fn open(self, dir: &std::path::Path) -> Box<dyn EventLog> {
+        match self {
+            // `SledLog::open` creates the batched layout (the sled default before segments).
+            Backend::Sled => Box::new(SledLog::open(dir, SledOptions::default()).expect("open")),
+            Backend::Segments => {
+                Box::new(SegmentLog::open(dir, &SegmentOptions::default()).expect("open"))
+            }
+        }
+    }
+
+    /// The bench name: sled keeps its old names.
+    fn name(self, bench: &str) -> String {
+        match self {
+            Backend::Sled => bench.to_string(),
+            Backend::Segments => format!("segments_{bench}"),
+        }
+    }
+}
+
 fn bench_append(c: &mut Criterion) {
     let mut group = c.benchmark_group("append_durable");
-    for size in [1u64, 64, 512] {
-        let tmp = tempfile::tempdir().expect("tempdir");
-        let log = SledLog::open(tmp.path(), SledOptions::default()).expect("open");
-        let mut next = 0u64;
-        group.throughput(Throughput::Elements(size));
-        group.bench_function(format!("batch_{size}"), |b| {
-            b.iter_batched(
-                || {
-                    next += size;
-                    batch(next, size)
-                },
-                |events| black_box(log.append(events).expect("append")),
-                BatchSize::SmallInput,
-            )
-        });
+    for backend in Backend::ALL {
+        for size in [1u64, 64, 512] {
+            let tmp = tempfile::tempdir().expect("tempdir");
+            let log = backend.open(tmp.path());
+            let mut next = 0u64;
+            group.throughput(Throughput::Elements(size));
+            group.bench_function(backend.name(&format!("batch_{size}")), |b| {
+                b.iter_batched(
+                    || {
+                        next += size;
+                        batch(next, size)
+                    },
+                    |events| black_box(log.append(events).expect("append")),
+                    BatchSize::SmallInput,
+                )
+            });
+        }
     }
     group.finish();
 }
 
 /// A log with `n` events, appended in batches of 512.
-fn filled(n: u64) -> (tempfile::TempDir, SledLog) {
+fn filled(backend: Backend, n: u64) -> (tempfile::TempDir, Box<dyn EventLog>) {
     let tmp = tempfile::tempdir().expect("tempdir");
-    let log = SledLog::open(tmp.path(), SledOptions::default()).expect("open");
+    let log = backend.open(tmp.path());
     let mut i = 0;
     while i < n {
         let k = 512.min(n - i);
@@ -79,22 +112,25 @@ fn filled(n: u64) -> (tempfile::TempDir, SledLog) {
 
 fn bench_read(c: &mut Criterion) {
     let n = 20_000;
-    let (_tmp, log) = filled(n);
     let mut group = c.benchmark_group("read");
-    group.throughput(Throughput::Elements(1024));
-    group.bench_function("read_range_1024", |b| {
-        let mut from = 1;
-        b.iter(|| {
-            let events = log.read_range(from, from + 1023).expect("read");
-            from = if from + 2048 > n { 1 } else { from + 1024 };
-            black_box(events)
-        })
-    });
-    group.throughput(Throughput::Elements(n));
-    group.sample_size(10);
-    group.bench_function("verify_20000", |b| {
-        b.iter(|| black_box(log.verify().expect("verify")))
-    });
+    for backend in Backend::ALL {
+        let (_tmp, log) = filled(backend, n);
+        group.throughput(Throughput::Elements(1024));
+        group.sample_size(100);
+        group.bench_function(backend.name("read_range_1024"), |b| {
+            let mut from = 1;
+            b.iter(|| {
+                let events = log.read_range(from, from + 1023).expect("read");
+                from = if from + 2048 > n { 1 } else { from + 1024 };
+                black_box(events)
+            })
+        });
+        group.throughput(Throughput::Elements(n));
+        group.sample_size(10);
+        group.bench_function(backend.name("verify_20000"), |b| {
+            b.iter(|| black_box(log.verify().expect("verify")))
+        });
+    }
     group.finish();
 }
 

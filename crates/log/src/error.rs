@@ -6,7 +6,8 @@
 /// the caller fail-stops and replays on restart (DESIGN.md §7).
 #[derive(Debug, thiserror::Error)]
 pub enum LogError {
-    /// A file system operation failed (the fsync of sled's data file, the directory, …).
+    /// A file system operation failed (a segment write or fsync, the fsync of sled's data file,
+    /// the directory, …).
     #[error("event log I/O error: {0}")]
     Io(#[from] std::io::Error),
 
@@ -43,9 +44,32 @@ pub enum LogError {
         found: u64,
     },
 
+    /// The log directory is locked by another open log: another amisim process, or another
+    /// log object in this one, uses it. Only one may write a log.
+    #[error(
+        "event log directory {} is locked: another amisim process (or another open log in this \
+         one) uses it",
+        dir.display()
+    )]
+    Locked {
+        /// The locked directory.
+        dir: std::path::PathBuf,
+    },
+
     /// A lock was poisoned by a thread that panicked while holding it.
     #[error("event log lock poisoned: a thread panicked while holding it")]
     Poisoned,
+
+    /// The directory holds no event log (neither sled's files nor a segment directory): an
+    /// offline tool was pointed at the wrong place.
+    #[error(
+        "no event log in {}: neither a segment log (`log/`) nor a sled log (`db`)",
+        dir.display()
+    )]
+    NoLog {
+        /// The directory given.
+        dir: std::path::PathBuf,
+    },
 
     /// An earlier append failed; the log refuses further appends (fail-stop). Restart and replay.
     #[error("event log failed an earlier append and accepts no more writes; restart the node")]

@@ -1,4 +1,5 @@
-//! The durable log on sled 0.34. See the crate documentation for the layout and durability.
+//! The durable log on sled 0.34, and the options and layouts of every durable log. See the
+//! crate documentation for the layouts and durability.
 
 use std::collections::HashSet;
 use std::ffi::OsString;
@@ -13,7 +14,8 @@ use amisim_proto::{Event, EventBatch};
 use prost::Message;
 use tokio::sync::watch;
 
-use crate::chain::{stamp, ChainVerifier};
+use crate::chain::stamp;
+use crate::stored::{check_run, head_of, read_stored, sync_dir, verify_stored, Stored, LOCK_WAIT};
 use crate::{EventLog, Head, LogError};
 
 /// Name of the sled tree that holds the events of a [`Layout::PerEvent`] log (key: big-endian
@@ -26,49 +28,69 @@ pub const EVENTS_TREE: &str = "events";
 /// events, one group commit).
 pub const BATCHES_TREE: &str = "batches";
 
-/// How a [`SledLog`] stores its events. A log keeps the layout it was created with: an existing
+/// How a durable log stores its events. A log keeps the layout it was created with: an existing
 /// log is opened in the layout its directory holds, whatever [`SledOptions::new_layout`] says.
+///
+/// [`DiskLog::open`](crate::DiskLog::open) creates a new log in any layout;
+/// [`SledLog::open`] can only create the two sled layouts and creates [`Layout::Batched`] when
+/// asked for [`Layout::Segments`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Layout {
-    /// One value per event in [`EVENTS_TREE`]: the layout of every log written before batches
-    /// existed. sled spends ~14 µs per value on an insert, so a group commit of 44 events cost
-    /// ~0.6 ms of CPU before its flush.
+    /// sled, one value per event in [`EVENTS_TREE`]: the layout of every log written before
+    /// batches existed. sled spends ~14 µs per value on an insert, so a group commit of 44
+    /// events cost ~0.6 ms of CPU before its flush.
     PerEvent,
-    /// One value per append (group commit) in [`BATCHES_TREE`]: an [`EventBatch`]. The default
-    /// for new logs.
-    #[default]
+    /// sled, one value per run of an append (group commit) in [`BATCHES_TREE`]: an
+    /// [`EventBatch`] of at most ~7 KiB.
     Batched,
+    /// One record per append in segment files ([`SegmentLog`](crate::SegmentLog), in the
+    /// [`SEGMENTS_DIR`](crate::SEGMENTS_DIR) of a region directory). The default for new logs.
+    #[default]
+    Segments,
 }
 
 impl Layout {
-    /// The name of the sled tree holding the events in this layout.
-    pub fn tree_name(self) -> &'static str {
+    /// The name of the sled tree holding the events in this layout; `None` for
+    /// [`Layout::Segments`], which is not stored in sled.
+    pub fn tree_name(self) -> Option<&'static str> {
         match self {
-            Layout::PerEvent => EVENTS_TREE,
-            Layout::Batched => BATCHES_TREE,
+            Layout::PerEvent => Some(EVENTS_TREE),
+            Layout::Batched => Some(BATCHES_TREE),
+            Layout::Segments => None,
         }
+    }
+
+    /// The sled tree of a sled layout ([`Layout::Segments`] never reaches sled: see
+    /// [`stored_layout`]).
+    fn sled_tree(self) -> &'static str {
+        self.tree_name().unwrap_or(BATCHES_TREE)
     }
 }
 
 /// sled 0.34 keeps all its data (the log-structured segments) in this file inside the database
-/// directory; the log fsyncs it after every flush.
-const SLED_DATA_FILE: &str = "db";
+/// directory; the log fsyncs it after every flush. Its presence marks a sled log directory.
+pub(crate) const SLED_DATA_FILE: &str = "db";
 /// sled 0.34's configuration file, synced once at creation.
 const SLED_CONF_FILE: &str = "conf";
 /// sled 0.34 writes oversized values (log messages above segment_size / 4) to files here.
 const SLED_BLOBS_DIR: &str = "blobs";
 
-/// Options of [`SledLog::open`].
+/// The options of a durable log: of [`DiskLog::open`](crate::DiskLog::open) (whichever backend
+/// the directory holds) and of [`SledLog::open`]. Each field says which backend it applies to.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SledOptions {
-    /// sled's page cache size in bytes. Default 64 MiB.
+    /// sled's page cache size in bytes. Default 64 MiB. sled logs only.
     pub cache_capacity_bytes: u64,
     /// Verify the whole hash chain when opening and refuse to open a broken log. Default true.
-    /// When false only the last event is read (to learn the head).
+    /// When false only the last event is read (to learn the head). Every backend.
     pub verify_on_open: bool,
     /// The layout of a log created by this open (an existing log keeps its own). Default
-    /// [`Layout::Batched`].
+    /// [`Layout::Segments`]; [`SledLog::open`] creates [`Layout::Batched`] instead of it.
     pub new_layout: Layout,
+    /// A segment log starts a new segment file once the current one holds at least this many
+    /// bytes (see [`SegmentOptions::segment_bytes`](crate::SegmentOptions::segment_bytes)).
+    /// Default 64 MiB. Segment logs only.
+    pub segment_bytes: u64,
 }
 
 impl Default for SledOptions {
@@ -76,7 +98,8 @@ impl Default for SledOptions {
         SledOptions {
             cache_capacity_bytes: 64 * 1024 * 1024,
             verify_on_open: true,
-            new_layout: Layout::Batched,
+            new_layout: Layout::Segments,
+            segment_bytes: crate::segment_log::DEFAULT_SEGMENT_BYTES,
         }
     }
 }
@@ -111,7 +134,9 @@ struct Writer {
 }
 
 impl SledLog {
-    /// Opens (or creates) the log in `dir`.
+    /// Opens (or creates) the sled log in `dir`. A new log gets [`SledOptions::new_layout`],
+    /// except that [`Layout::Segments`] (which sled cannot store) gives [`Layout::Batched`]; use
+    /// [`DiskLog::open`](crate::DiskLog::open) to create a segment log.
     ///
     /// With [`SledOptions::verify_on_open`] (the default) the whole chain is verified first and
     /// a broken log is refused with [`LogError::Corrupt`] naming the first bad seq.
@@ -128,7 +153,7 @@ impl SledLog {
             .cache_capacity(opts.cache_capacity_bytes);
         let db = open_sled(&config, dir)?;
         let layout = stored_layout(&db, opts.new_layout)?;
-        let tree = db.open_tree(layout.tree_name())?;
+        let tree = db.open_tree(layout.sled_tree())?;
         let data_path = dir.join(SLED_DATA_FILE);
         let data_file = OpenOptions::new()
             .read(true)
@@ -161,7 +186,7 @@ impl SledLog {
             }
         }
         let head = if opts.verify_on_open {
-            verify_tree(&tree, layout, None)?
+            verify_stored(StoredEvents::new(&tree, layout, 1), None)?
         } else {
             last_head(&tree, layout)?
         };
@@ -211,7 +236,8 @@ impl SledLog {
                 }
                 self.tree.apply_batch(batch)?;
             }
-            Layout::Batched => {
+            // Never `Segments`: `stored_layout` turns it into `Batched`.
+            Layout::Batched | Layout::Segments => {
                 // A value per run of events up to BATCH_VALUE_BYTES, in one atomic `Batch`.
                 let mut batch = sled::Batch::default();
                 for chunk in batch_chunks(events) {
@@ -320,33 +346,7 @@ impl EventLog for SledLog {
         if from > to {
             return Ok(Vec::new());
         }
-        let capacity = usize::try_from(to - from + 1).unwrap_or(0).min(4096);
-        let mut events = Vec::with_capacity(capacity);
-        let mut expected = from;
-        let mut stored = StoredEvents::new(&self.tree, self.layout, from);
-        while expected <= to {
-            let Some(item) = stored.next() else { break };
-            let event = item.map_err(|e| match e {
-                Stored::Sled(e) => LogError::from(e),
-                Stored::Bad { seq, reason } => LogError::Corrupt { seq, reason },
-            })?;
-            if event.seq < expected {
-                // The part of the first batch before `from`.
-                continue;
-            }
-            if event.seq != expected {
-                return Err(LogError::NonContiguous {
-                    expected,
-                    found: event.seq,
-                });
-            }
-            events.push(event);
-            expected += 1;
-        }
-        if expected != to + 1 {
-            return Err(LogError::NonContiguous { expected, found: 0 });
-        }
-        Ok(events)
+        read_stored(StoredEvents::new(&self.tree, self.layout, from), from, to)
     }
 
     fn subscribe_head(&self) -> watch::Receiver<u64> {
@@ -355,7 +355,10 @@ impl EventLog for SledLog {
 
     fn verify(&self) -> Result<Head, LogError> {
         let head = self.head();
-        let verified = verify_tree(&self.tree, self.layout, Some(head.seq))?;
+        let verified = verify_stored(
+            StoredEvents::new(&self.tree, self.layout, 1),
+            Some(head.seq),
+        )?;
         if verified != head {
             return Err(LogError::Corrupt {
                 seq: head.seq,
@@ -368,19 +371,16 @@ impl EventLog for SledLog {
     }
 }
 
-/// Edits the stored events of a closed log directory as an attacker with disk access could, for
-/// audit drills and tamper tests: `f` gets every stored event as its protobuf bytes by the seq
-/// its entry names, and may change, remove, swap or add entries; the log's tree is then
-/// rewritten from the map in the log's own layout (batched: one event per stored batch; bytes
-/// that do not decode stay as they are). Nothing is stamped or re-hashed: that is the point.
-/// Returns the log's layout.
-pub fn edit_stored_events(
+/// [`edit_stored_events`](crate::edit_stored_events) on a sled log: the log's tree is rewritten
+/// from the map in the log's own layout (batched: one event per stored batch; bytes that do not
+/// decode stay as they are).
+pub(crate) fn edit_sled(
     dir: &Path,
     f: impl FnOnce(&mut std::collections::BTreeMap<u64, Vec<u8>>),
 ) -> Result<Layout, LogError> {
     let db = open_sled(&sled::Config::new().path(dir), dir)?;
-    let layout = stored_layout(&db, Layout::default())?;
-    let tree = db.open_tree(layout.tree_name())?;
+    let layout = stored_layout(&db, Layout::Batched)?;
+    let tree = db.open_tree(layout.sled_tree())?;
     let mut events = std::collections::BTreeMap::new();
     for item in tree.iter() {
         let (key, value) = item?;
@@ -389,7 +389,7 @@ pub fn edit_stored_events(
             Layout::PerEvent => {
                 events.insert(seq, value.to_vec());
             }
-            Layout::Batched => {
+            Layout::Batched | Layout::Segments => {
                 let batch = EventBatch::decode(&*value).map_err(|e| LogError::Corrupt {
                     seq,
                     reason: format!("stored value is not a valid EventBatch: {e}"),
@@ -405,21 +405,13 @@ pub fn edit_stored_events(
     for (seq, bytes) in events {
         let value = match layout {
             Layout::PerEvent => bytes,
-            Layout::Batched => {
-                // An EventBatch of one event whose bytes are `bytes`, whatever they are.
-                let mut v = Vec::with_capacity(bytes.len() + 11);
-                prost::encoding::bytes::encode(1, &bytes, &mut v);
-                v
-            }
+            Layout::Batched | Layout::Segments => one_event_batch(&bytes),
         };
         tree.insert(seq_key(seq), value)?;
     }
     tree.flush()?;
     Ok(layout)
 }
-
-/// How long [`SledLog::open`] waits for sled's directory lock before giving up.
-const LOCK_WAIT: Duration = Duration::from_secs(2);
 
 /// Opens the sled database, waiting up to [`LOCK_WAIT`] for its directory lock.
 ///
@@ -460,8 +452,13 @@ fn key_seq(key: &[u8]) -> Option<u64> {
 }
 
 /// The layout of the log in `db`: the tree that holds events, or `new_layout` for an empty
-/// log. Both trees holding events is a corrupt directory.
+/// log ([`Layout::Batched`] for [`Layout::Segments`]: a sled log is never in segments). Both
+/// trees holding events is a corrupt directory.
 fn stored_layout(db: &sled::Db, new_layout: Layout) -> Result<Layout, LogError> {
+    let new_layout = match new_layout {
+        Layout::Segments => Layout::Batched,
+        sled => sled,
+    };
     let has = |name: &str| -> Result<bool, LogError> {
         // `tree_names` does not create a tree, `open_tree` would.
         if !db.tree_names().iter().any(|n| &n[..] == name.as_bytes()) {
@@ -525,14 +522,14 @@ fn encode_batch(events: &[Event]) -> Vec<u8> {
     buf
 }
 
-/// Why a stored entry could not be read.
-enum Stored {
-    Sled(sled::Error),
-    /// The entry is not what the layout says (a corrupt or tampered log).
-    Bad {
-        seq: u64,
-        reason: String,
-    },
+/// An [`EventBatch`] of one event whose bytes are `bytes`, whatever they are (tamper drills).
+pub(crate) fn one_event_batch(bytes: &[u8]) -> Vec<u8> {
+    // Field 1, length-delimited: what `prost::encoding::bytes::encode(1, ..)` writes.
+    let mut v = Vec::with_capacity(bytes.len() + 11);
+    prost::encoding::encode_key(1, prost::encoding::WireType::LengthDelimited, &mut v);
+    prost::encoding::encode_varint(bytes.len() as u64, &mut v);
+    v.extend_from_slice(bytes);
+    v
 }
 
 /// The stored events of a tree in seq order, from the entry holding `from` on, each checked
@@ -571,46 +568,17 @@ impl StoredEvents {
                     seq,
                     reason: format!("stored value is not a valid Event: {e}"),
                 })?;
-                if event.seq != seq {
-                    return Err(Stored::Bad {
-                        seq,
-                        reason: format!("key {seq} holds an event with seq {}", event.seq),
-                    });
-                }
-                Ok(vec![event])
+                let events = vec![event];
+                check_run(&events, &format!("key {seq}"), Some(seq), seq)?;
+                Ok(events)
             }
-            Layout::Batched => {
+            Layout::Batched | Layout::Segments => {
                 let batch = EventBatch::decode(value).map_err(|e| Stored::Bad {
                     seq,
                     reason: format!("stored value is not a valid EventBatch: {e}"),
                 })?;
-                let events = batch.events;
-                let Some(first) = events.first().map(|e| e.seq) else {
-                    return Err(Stored::Bad {
-                        seq,
-                        reason: "stored batch is empty".into(),
-                    });
-                };
-                for (i, e) in events.iter().enumerate() {
-                    if e.seq != first.saturating_add(i as u64) {
-                        return Err(Stored::Bad {
-                            seq: first.saturating_add(i as u64),
-                            reason: format!(
-                                "batch {seq} holds seq {} where {} belongs",
-                                e.seq,
-                                first.saturating_add(i as u64)
-                            ),
-                        });
-                    }
-                }
-                let last = events.last().map_or(first, |e| e.seq);
-                if last != seq {
-                    return Err(Stored::Bad {
-                        seq,
-                        reason: format!("key {seq} holds a batch ending at seq {last}"),
-                    });
-                }
-                Ok(events)
+                check_run(&batch.events, &format!("stored batch {seq}"), None, seq)?;
+                Ok(batch.events)
             }
         }
     }
@@ -631,7 +599,7 @@ impl Iterator for StoredEvents {
                 Ok(kv) => kv,
                 Err(e) => {
                     self.done = true;
-                    return Some(Err(Stored::Sled(e)));
+                    return Some(Err(Stored::Storage(e.into())));
                 }
             };
             match self.entry(&key, &value) {
@@ -645,46 +613,6 @@ impl Iterator for StoredEvents {
     }
 }
 
-/// Verifies the stored chain from seq 1 (to `upto` if given, else to the last entry).
-fn verify_tree(tree: &sled::Tree, layout: Layout, upto: Option<u64>) -> Result<Head, LogError> {
-    let started = Instant::now();
-    let mut verifier = ChainVerifier::new();
-    for item in StoredEvents::new(tree, layout, 1) {
-        let event = match item {
-            Ok(event) => event,
-            Err(Stored::Sled(e)) => return Err(e.into()),
-            Err(Stored::Bad { seq, reason }) => {
-                // A bad entry where the chain expected more is the chain's first bad seq.
-                let seq = if seq == 0 {
-                    verifier.next_seq()
-                } else {
-                    seq.min(verifier.next_seq())
-                };
-                return Err(LogError::Corrupt { seq, reason });
-            }
-        };
-        if upto.is_some_and(|u| event.seq > u) {
-            // Beyond the published head (a batch being written): not part of this check.
-            break;
-        }
-        if event.seq != verifier.next_seq() {
-            return Err(verifier.missing(&format!("the next stored event is seq {}", event.seq)));
-        }
-        verifier.push_owned(event)?;
-    }
-    if let Some(upto) = upto {
-        if verifier.head().seq < upto {
-            return Err(verifier.missing(&format!("the log ends before the head {upto}")));
-        }
-    }
-    tracing::debug!(
-        head_seq = verifier.head().seq,
-        elapsed_ms = started.elapsed().as_millis() as u64,
-        "event log chain verified"
-    );
-    Ok(verifier.head())
-}
-
 /// The head from the last stored event, without verifying the chain.
 fn last_head(tree: &sled::Tree, layout: Layout) -> Result<Head, LogError> {
     let Some((key, value)) = tree.last()? else {
@@ -696,36 +624,11 @@ fn last_head(tree: &sled::Tree, layout: Layout) -> Result<Head, LogError> {
         pending: Vec::new().into_iter(),
         done: true,
     };
-    let events = reader.entry(&key, &value).map_err(|e| match e {
-        Stored::Sled(e) => LogError::from(e),
-        Stored::Bad { seq, reason } => LogError::Corrupt { seq, reason },
-    })?;
-    let Some(event) = events.last() else {
-        return Ok(Head::EMPTY);
-    };
-    let seq = event.seq;
-    let hash: [u8; 32] = event
-        .hash
-        .as_slice()
-        .try_into()
-        .map_err(|_| LogError::Corrupt {
-            seq,
-            reason: format!("hash has {} bytes, expected 32", event.hash.len()),
-        })?;
-    Ok(Head { seq, hash })
-}
-
-/// fsyncs a directory (its entries). A no-op where directories cannot be opened as files.
-fn sync_dir(dir: &Path) -> Result<(), LogError> {
-    #[cfg(unix)]
-    {
-        File::open(dir)?.sync_all()?;
+    let events = reader.entry(&key, &value).map_err(Stored::into_error)?;
+    match events.last() {
+        Some(event) => head_of(event),
+        None => Ok(Head::EMPTY),
     }
-    #[cfg(not(unix))]
-    {
-        let _ = dir;
-    }
-    Ok(())
 }
 
 #[cfg(test)]

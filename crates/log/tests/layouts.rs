@@ -1,6 +1,7 @@
 //! The two stored layouts of a sled log: per event (logs written before batches) and batched
-//! (one value per run of a group commit, the default). Both pass the same contract; a log keeps
-//! the layout it was created with; tampering with a batched log is found at the right seq.
+//! (one value per run of a group commit, what `SledLog::open` creates). Both pass the same
+//! contract; a log keeps the layout it was created with; tampering with a batched log is found
+//! at the right seq.
 
 mod common;
 
@@ -8,7 +9,9 @@ use amisim_log::{
     edit_stored_events, EventLog, Layout, LogError, SledLog, SledOptions, BATCHES_TREE, EVENTS_TREE,
 };
 use amisim_proto::EventBatch;
-use common::{build_sled_with, corrupt_seq, event, events, per_event, with_raw_tree_named};
+use common::{
+    batched, build_sled_with, corrupt_seq, event, events, per_event, with_raw_tree_named,
+};
 use prost::Message;
 
 const N: u64 = 10;
@@ -32,10 +35,10 @@ fn entries(dir: &std::path::Path, tree: &str) -> Vec<(u64, Vec<u8>)> {
 }
 
 #[test]
-fn new_logs_are_batched_and_an_append_is_a_few_values() {
+fn new_batched_logs_store_an_append_as_a_few_values() {
     let tmp = tempfile::tempdir().unwrap();
     {
-        let log = SledLog::open(tmp.path(), SledOptions::default()).unwrap();
+        let log = SledLog::open(tmp.path(), batched()).unwrap();
         assert_eq!(log.layout(), Layout::Batched);
         log.append(events(1, 3)).unwrap();
         // ~200 events of ~150–250 bytes: more than one value, far fewer than 200.
@@ -97,13 +100,16 @@ fn a_log_keeps_its_layout_whatever_the_options_say() {
         drop(log);
         let other = match layout {
             Layout::PerEvent => BATCHES_TREE,
-            Layout::Batched => EVENTS_TREE,
+            _ => EVENTS_TREE,
         };
         assert!(
             entries(dir, other).is_empty(),
             "{layout:?} wrote nothing into {other}"
         );
-        assert_eq!(entries(dir, layout.tree_name()).last().unwrap().0, 6);
+        assert_eq!(
+            entries(dir, layout.tree_name().unwrap()).last().unwrap().0,
+            6
+        );
     }
 }
 
@@ -217,4 +223,18 @@ fn a_batch_that_does_not_fit_its_key_is_found() {
         }
         other => panic!("expected Corrupt, got {other:?}"),
     }
+}
+
+#[test]
+fn sled_open_creates_batched_when_asked_for_segments() {
+    // The default layout of new logs is segments, which sled cannot store.
+    assert_eq!(SledOptions::default().new_layout, Layout::Segments);
+    let tmp = tempfile::tempdir().unwrap();
+    let log = SledLog::open(tmp.path(), SledOptions::default()).unwrap();
+    assert_eq!(log.layout(), Layout::Batched);
+    log.append(events(1, 2)).unwrap();
+    drop(log);
+    assert_eq!(entries(tmp.path(), BATCHES_TREE).len(), 1);
+    assert!(!tmp.path().join(amisim_log::SEGMENTS_DIR).exists());
+    assert_eq!(Layout::Segments.tree_name(), None);
 }

@@ -1,13 +1,13 @@
-//! The EventLog contract, run over both implementations, plus SledLog persistence and
-//! corruption detection.
+//! The EventLog contract, run over every implementation (memory, sled, segments, DiskLog), plus
+//! SledLog persistence and corruption detection (segments: tests/segments.rs).
 
 mod common;
 
 use std::sync::Arc;
 
 use amisim_log::{
-    hash_event, verify_events, Event, EventLog, Head, LogError, MemoryLog, SledLog, SledOptions,
-    ZERO_HASH,
+    hash_event, verify_events, DiskLog, Event, EventLog, Head, Layout, LogError, MemoryLog,
+    SegmentLog, SegmentOptions, SledLog, SledOptions, ZERO_HASH,
 };
 use common::{build_sled, corrupt_seq, event, events, with_raw_tree};
 use proptest::prelude::*;
@@ -132,6 +132,52 @@ fn memory_log_passes_the_contract() {
 fn sled_log_passes_the_contract() {
     let tmp = tempfile::tempdir().unwrap();
     let log = SledLog::open(tmp.path(), SledOptions::default()).unwrap();
+    contract_suite(&log);
+    concurrent_suite(Arc::new(log));
+}
+
+#[test]
+fn segment_log_passes_the_contract() {
+    let tmp = tempfile::tempdir().unwrap();
+    let log = SegmentLog::open(tmp.path(), &SegmentOptions::default()).unwrap();
+    contract_suite(&log);
+    concurrent_suite(Arc::new(log));
+}
+
+#[test]
+fn segment_log_with_tiny_segments_passes_the_contract() {
+    // Every append after the first record of a segment starts a new one.
+    let tmp = tempfile::tempdir().unwrap();
+    let opts = SegmentOptions {
+        segment_bytes: 1,
+        ..SegmentOptions::default()
+    };
+    let log = SegmentLog::open(tmp.path(), &opts).unwrap();
+    contract_suite(&log);
+    concurrent_suite(Arc::new(log));
+}
+
+#[test]
+fn segment_log_in_a_new_nested_dir() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("data").join("us-east-1");
+    let log = SegmentLog::open(&dir, &SegmentOptions::default()).unwrap();
+    assert_eq!(log.dir(), dir.as_path());
+    contract_suite(&log);
+}
+
+#[test]
+fn disk_log_passes_the_contract() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("region");
+    let log = DiskLog::open(&dir, SledOptions::default()).unwrap();
+    assert_eq!(log.layout(), Layout::Segments);
+    contract_suite(&log);
+    concurrent_suite(Arc::new(log));
+    // Over sled too.
+    let sled_dir = tmp.path().join("sled");
+    let log = DiskLog::open(&sled_dir, common::batched()).unwrap();
+    assert_eq!(log.layout(), Layout::Batched);
     contract_suite(&log);
     concurrent_suite(Arc::new(log));
 }
@@ -394,6 +440,41 @@ proptest! {
 
 proptest! {
     #![proptest_config(ProptestConfig { cases: 24, ..ProptestConfig::default() })]
+
+    #[test]
+    fn segment_random_batches_are_gapless_across_reopen(
+        batches in prop::collection::vec(0usize..40, 1..8),
+        more in prop::collection::vec(0usize..10, 0..4),
+        segment_bytes in prop_oneof![Just(1u64), 1u64..20_000, Just(64 * 1024 * 1024)],
+    ) {
+        let tmp = tempfile::tempdir().unwrap();
+        let opts = SegmentOptions { segment_bytes, ..SegmentOptions::default() };
+        let head = {
+            let log = SegmentLog::open(tmp.path(), &opts).unwrap();
+            check_batches(&log, &batches)?
+        };
+        let log = SegmentLog::open(tmp.path(), &opts).unwrap();
+        prop_assert_eq!(log.head(), head);
+        check_batches(&log, &more)?;
+    }
+
+    #[test]
+    fn disk_log_random_batches_are_gapless_across_reopen(
+        batches in prop::collection::vec(0usize..40, 1..6),
+        more in prop::collection::vec(0usize..10, 0..3),
+        segment_bytes in prop_oneof![Just(1u64), 1u64..20_000],
+    ) {
+        let tmp = tempfile::tempdir().unwrap();
+        let opts = SledOptions { segment_bytes, ..SledOptions::default() };
+        let head = {
+            let log = DiskLog::open(tmp.path(), opts.clone()).unwrap();
+            prop_assert_eq!(log.layout(), Layout::Segments);
+            check_batches(&log, &batches)?
+        };
+        let log = DiskLog::open(tmp.path(), opts).unwrap();
+        prop_assert_eq!(log.head(), head);
+        check_batches(&log, &more)?;
+    }
 
     #[test]
     fn sled_random_batches_are_gapless_across_reopen(

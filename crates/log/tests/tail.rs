@@ -5,7 +5,10 @@ mod common;
 use std::sync::Arc;
 use std::time::Duration;
 
-use amisim_log::{tail, EventLog, LogError, MemoryLog, SledLog, SledOptions, TAIL_CHUNK};
+use amisim_log::{
+    tail, DiskLog, EventLog, LogError, MemoryLog, SegmentLog, SegmentOptions, SledLog, SledOptions,
+    TAIL_CHUNK,
+};
 use common::events;
 use futures::StreamExt;
 
@@ -113,6 +116,42 @@ async fn sled_tail_catches_up_in_chunks() {
     let tmp = tempfile::tempdir().unwrap();
     let log = SledLog::open(tmp.path(), SledOptions::default()).unwrap();
     catch_up_only(Arc::new(log)).await;
+}
+
+#[tokio::test]
+async fn segment_tail_catches_up_in_chunks() {
+    let tmp = tempfile::tempdir().unwrap();
+    // Small segments: the chunks cross segment boundaries.
+    let opts = SegmentOptions {
+        segment_bytes: 16 * 1024,
+        ..SegmentOptions::default()
+    };
+    let log = SegmentLog::open(tmp.path(), &opts).unwrap();
+    catch_up_only(Arc::new(log)).await;
+}
+
+#[tokio::test]
+async fn disk_log_tail_catches_up_in_chunks() {
+    let tmp = tempfile::tempdir().unwrap();
+    let log = DiskLog::open(tmp.path(), SledOptions::default()).unwrap();
+    catch_up_only(Arc::new(log)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn segment_tail_follows_live_without_gap_or_duplicate() {
+    let tmp = tempfile::tempdir().unwrap();
+    let log = SegmentLog::open(tmp.path(), &SegmentOptions::default()).unwrap();
+    follow_live(Arc::new(log), 3000).await;
+    let tmp = tempfile::tempdir().unwrap();
+    let opts = SegmentOptions {
+        segment_bytes: 4096,
+        ..SegmentOptions::default()
+    };
+    let log = SegmentLog::open(tmp.path(), &opts).unwrap();
+    follow_live(Arc::new(log), 0).await;
+    let tmp = tempfile::tempdir().unwrap();
+    let log = DiskLog::open(tmp.path(), SledOptions::default()).unwrap();
+    follow_live(Arc::new(log), 0).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,4 +1,4 @@
-//! The audit trail of a region node: tamper evidence on a copy of a real sled log (a flipped
+//! The audit trail of a region node: tamper evidence on a copy of a real on-disk log (a flipped
 //! byte, a deleted event, two swapped events, a truncated tail — each named by its seq), the
 //! Audit service over gRPC, and point-in-time reads against the live state (property test).
 
@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use amisim_core::{Command, Query};
-use amisim_log::{EventLog, SledLog, SledOptions};
+use amisim_log::{DiskLog, EventLog, SledOptions};
 use amisim_proto::audit_client::AuditClient;
 use amisim_proto::{
     as_of, AsOf, AuditStreamRequest, CreateTagsRequest, DescribeImagesAsOfRequest,
@@ -25,13 +25,13 @@ use proptest::prelude::*;
 
 const DIGEST_EVERY: u64 = 5;
 
-fn sled(dir: &Path) -> Arc<dyn EventLog> {
-    Arc::new(SledLog::open(dir, SledOptions::default()).unwrap())
+fn disk(dir: &Path) -> Arc<dyn EventLog> {
+    Arc::new(DiskLog::open(dir, SledOptions::default()).unwrap())
 }
 
-/// A node on a sled log in `dir` that signs a digest every [`DIGEST_EVERY`] events.
+/// A node on a disk log (the default: segments) in `dir` that signs a digest every [`DIGEST_EVERY`] events.
 fn signed_node(dir: &Path, seed: u64) -> Arc<RegionNode> {
-    let (log, trail) = audit::open_signed(dir, REGION, DIGEST_EVERY, sled(dir)).unwrap();
+    let (log, trail) = audit::open_signed(dir, REGION, DIGEST_EVERY, disk(dir)).unwrap();
     let (node, _clock) = virtual_node(log, seed);
     assert!(node.attach_audit(trail));
     node
@@ -86,7 +86,7 @@ fn tamper(dir: &Path, f: impl FnOnce(&mut StoredEvents)) {
 
 /// What an offline auditor runs (`amisim audit verify`), pinning the exported public key.
 fn offline_verify(dir: &Path, public_key: &str) -> VerifyReport {
-    let log = SledLog::open(
+    let log = DiskLog::open(
         dir,
         SledOptions {
             verify_on_open: false,
@@ -158,7 +158,7 @@ async fn tampering_is_detected_with_the_right_seq() {
     assert!(truncated.reason.contains("truncated"), "{truncated:?}");
     {
         let dir = tmp.path().join("truncate");
-        let log = SledLog::open(&dir, SledOptions::default()).unwrap();
+        let log = DiskLog::open(&dir, SledOptions::default()).unwrap();
         assert_eq!(log.verify().unwrap().seq, 8, "the chain alone looks fine");
     }
 

@@ -9,7 +9,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use amisim_log::{EventLog, SledLog, SledOptions};
+use amisim_log::{DiskLog, EventLog, SledOptions};
 use amisim_proto::audit_client::AuditClient;
 use amisim_proto::{
     ListDigestsRequest, LookupAttribute, LookupEventsRequest, ResolvePointRequest, VerifyLogRequest,
@@ -38,14 +38,14 @@ fn sled_opts() -> SledOptions {
     }
 }
 
-/// A signed node on sled in `dir` with a sled request log, served (so its Audit service binds
+/// A signed node on a disk log in `dir` with a disk request log, served (so its Audit service binds
 /// the request signer), `n` calls recorded, then stopped cleanly. Returns the public key.
 async fn recorded_node(dir: &Path, n: u64) -> String {
-    let log: Arc<dyn EventLog> = Arc::new(SledLog::open(dir, SledOptions::default()).unwrap());
+    let log: Arc<dyn EventLog> = Arc::new(DiskLog::open(dir, SledOptions::default()).unwrap());
     let (log, trail) = audit::open_signed(dir, REGION, EVERY, log).unwrap();
     let (node, _clock) = virtual_node(log, 5);
     let requests: Arc<dyn EventLog> =
-        Arc::new(SledLog::open(&dir.join(audit::REQUESTS_DIR), SledOptions::default()).unwrap());
+        Arc::new(DiskLog::open(&dir.join(audit::REQUESTS_DIR), SledOptions::default()).unwrap());
     assert!(node.attach_audit(trail.clone()));
     let recorder = RequestRecorder::start(REGION, requests, true).unwrap();
     assert!(node.attach_requests(recorder.clone()));
@@ -88,10 +88,10 @@ async fn recorded_node(dir: &Path, n: u64) -> String {
     key
 }
 
-/// Opens a sled log once the stopped node's threads have let go of it.
-async fn open_when_free(path: &Path) -> SledLog {
+/// Opens a disk log once the stopped node's threads have let go of it.
+async fn open_when_free(path: &Path) -> DiskLog {
     for _ in 0..100 {
-        if let Ok(log) = SledLog::open(path, sled_opts()) {
+        if let Ok(log) = DiskLog::open(path, sled_opts()) {
             return log;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
@@ -107,7 +107,7 @@ async fn a_truncated_request_log_is_detected_by_its_signed_digests() {
     let key = audit::parse_public_key(&key).unwrap();
     let requests_dir = dir.join(audit::REQUESTS_DIR);
     let log = open_when_free(&requests_dir).await;
-    let verify = |log: &SledLog| {
+    let verify = |log: &DiskLog| {
         let digests = audit::read_request_digests(&dir).unwrap();
         audit::verify_log_of(log, &digests, Some(&key), audit::REQUESTS_LOG).unwrap()
     };

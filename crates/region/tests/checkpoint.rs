@@ -8,7 +8,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use amisim_core::{Command, Reply};
-use amisim_log::{EventLog, SledLog};
+use amisim_log::{DiskLog, EventLog};
 use amisim_proto::RegisterImageRequest;
 use amisim_region::checkpoint::{CheckpointStore, CHECKPOINT_VERSION};
 use amisim_region::{replay, restore, RegionConfig, RegionNode, StorageConfig};
@@ -31,7 +31,7 @@ fn cfg(seed: u64, storage: StorageConfig) -> RegionConfig {
 }
 
 fn open(dir: &Path, storage: &StorageConfig) -> Arc<dyn EventLog> {
-    Arc::new(SledLog::open(dir, storage.sled_options()).unwrap())
+    Arc::new(DiskLog::open(dir, storage.sled_options()).unwrap())
 }
 
 /// Registers `n` images named `<prefix>-<i>` and creates one volume per 4 images.

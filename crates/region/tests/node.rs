@@ -1,4 +1,4 @@
-//! The node's lifecycle: group commit, durability across restarts (sled), timers (also after a
+//! The node's lifecycle: group commit, durability across restarts (the disk log), timers (also after a
 //! restart), fail-stop, shutdown, replay checks.
 
 mod common;
@@ -10,7 +10,7 @@ use std::sync::Arc;
 use amisim_chaos::Clock;
 use amisim_core::state::VolumeState;
 use amisim_core::{Command, ErrorCode, Query, Reply};
-use amisim_log::{EventLog, MemoryLog, SledLog, SledOptions};
+use amisim_log::{DiskLog, EventLog, MemoryLog, SledOptions};
 use amisim_proto::{
     DescribeVolumesRequest, GetStateDigestRequest, RegisterImageRequest, StreamEventsRequest,
 };
@@ -19,8 +19,8 @@ use common::*;
 use futures::StreamExt;
 use tonic::Code;
 
-fn sled(dir: &std::path::Path) -> Arc<dyn EventLog> {
-    Arc::new(SledLog::open(dir, SledOptions::default()).unwrap())
+fn disk(dir: &std::path::Path) -> Arc<dyn EventLog> {
+    Arc::new(DiskLog::open(dir, SledOptions::default()).unwrap())
 }
 
 async fn create_volume_as(node: &RegionNode, account: &str, size: i32) -> (String, u64) {
@@ -34,14 +34,14 @@ async fn create_volume_as(node: &RegionNode, account: &str, size: i32) -> (Strin
     }
 }
 
-/// 200 concurrent writers over gRPC on a sled log: all acknowledged, all there after a
+/// 200 concurrent writers over gRPC on a disk log: all acknowledged, all there after a
 /// restart on the same directory, live digest == replay digest, no id reused after restart.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn concurrent_writes_survive_a_restart_on_sled() {
+async fn concurrent_writes_survive_a_restart_on_disk() {
     let dir = tempfile::tempdir().unwrap();
     let mut cfg = config(11);
     cfg.time_scale = 100_000.0; // volumes turn available within a wall millisecond or so
-    let node = RegionNode::start(cfg.clone(), sled(dir.path())).unwrap();
+    let node = RegionNode::start(cfg.clone(), disk(dir.path())).unwrap();
     let served = Served::start(node).await;
 
     let mut tasks = Vec::new();
@@ -114,7 +114,7 @@ async fn concurrent_writes_survive_a_restart_on_sled() {
     drop(node);
 
     // Reopen the same directory: replay gives the same state.
-    let node = RegionNode::start(cfg, sled(dir.path())).unwrap();
+    let node = RegionNode::start(cfg, disk(dir.path())).unwrap();
     let state = node.state();
     assert_eq!(state.seq, before.seq);
     assert_eq!(state.digest(), before.digest);
@@ -247,7 +247,7 @@ async fn timers_follow_a_virtual_clock() {
 async fn pending_timers_fire_after_a_restart() {
     let dir = tempfile::tempdir().unwrap();
     // First life: a virtual clock that never moves, so the volume stays `creating`.
-    let (node, _clock) = virtual_node(sled(dir.path()), 21);
+    let (node, _clock) = virtual_node(disk(dir.path()), 21);
     let (id, _) = create_volume_as(&node, OWNER, 8).await;
     let due = node.state().volumes[&id].available_at_ms;
     node.shutdown().await;
@@ -258,7 +258,7 @@ async fn pending_timers_fire_after_a_restart() {
         time_scale: 1.0,
         ..config(21)
     };
-    let node = RegionNode::start(cfg, sled(dir.path())).unwrap();
+    let node = RegionNode::start(cfg, disk(dir.path())).unwrap();
     assert!(node.now_ms() >= due);
     wait_until("the re-armed timer", 10, || {
         node.state().volumes[&id].state == VolumeState::Available

@@ -7,7 +7,7 @@ use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
 use amisim_chaos::Clock;
-use amisim_log::{EventLog, SledLog};
+use amisim_log::{DiskLog, EventLog};
 use amisim_region::{RegionConfig, RegionNode};
 
 use super::{io_err, node_err, LabError};
@@ -62,7 +62,7 @@ pub(crate) struct OpenedRegion {
 /// Weak handles on a node's sled databases.
 #[derive(Default, Clone)]
 pub(crate) struct HeldFiles {
-    logs: Vec<Weak<SledLog>>,
+    logs: Vec<Weak<DiskLog>>,
 }
 
 impl HeldFiles {
@@ -97,7 +97,7 @@ pub(crate) fn open_region(
         )
     })?;
     let storage = opts.storage.clone().for_data_dir(dir);
-    let log = Arc::new(SledLog::open(dir, storage.sled_options()).map_err(|e| {
+    let log = Arc::new(DiskLog::open(dir, storage.sled_options()).map_err(|e| {
         node_err(
             name.clone(),
             format!(
@@ -141,7 +141,7 @@ pub(crate) fn open_region(
     // Not verified at open (the node only appends to it; `amisim audit verify` checks the
     // whole chain): verifying a request log of a million calls held a restart for 5 s.
     let requests = Arc::new(
-        SledLog::open(&requests_dir, cfg.storage.sled_options()).map_err(|e| {
+        DiskLog::open(&requests_dir, cfg.storage.sled_options()).map_err(|e| {
             node_err(
                 name.clone(),
                 format!(

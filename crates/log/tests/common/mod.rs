@@ -66,6 +66,15 @@ pub fn per_event() -> SledOptions {
     }
 }
 
+/// Options that create a sled log in the batched layout (what `SledLog::open` creates by
+/// default, since sled cannot store the default `Layout::Segments`).
+pub fn batched() -> SledOptions {
+    SledOptions {
+        new_layout: Layout::Batched,
+        ..SledOptions::default()
+    }
+}
+
 /// Creates a sled log in `dir` in the per-event layout (the raw-tree tests below edit its
 /// [`EVENTS_TREE`] value by value) with events 1..=n (appended in batches of 3), then closes it.
 pub fn build_sled(dir: &Path, n: u64) {
