@@ -70,8 +70,18 @@ impl Harness {
         self.log.push(ev);
     }
 
-    /// When: decides `cmd` as `account`; on success logs and applies its events.
+    /// When: decides `cmd` as `account`; on success logs and applies its events. A tick is
+    /// also fired by [`crate::tick::reference_tick_into`] (the plain rescan-from-the-start
+    /// algorithm) on a copy, and must fire the same events: every test that moves time checks
+    /// the writer's faster one against it.
     pub fn when(&mut self, account: &str, cmd: Command) -> Ec2Result<Decision> {
+        let reference = matches!(cmd, Command::Tick).then(|| {
+            let mut rng = self.rng.clone();
+            let mut ctx = Ctx::new(self.region, account, self.now_ms, &mut rng, &self.config)
+                .with_membership(&self.membership);
+            let mut copy = self.state.clone();
+            crate::tick::reference_tick_into(&mut copy, &mut ctx)
+        });
         let mut ctx = Ctx::new(
             self.region,
             account,
@@ -81,6 +91,12 @@ impl Harness {
         )
         .with_membership(&self.membership);
         let d = decide(&self.state, &mut ctx, cmd)?;
+        if let Some(reference) = reference {
+            assert_eq!(
+                d.events, reference,
+                "tick_into and the reference tick differ"
+            );
+        }
         for e in d.events.clone() {
             self.append(e);
         }

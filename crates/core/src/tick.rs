@@ -30,6 +30,36 @@ pub fn tick_into(state: &mut State, ctx: &mut Ctx<'_>) -> Vec<Payload> {
     // `state.timers`; one whose firing produced nothing (or whose event left it) is skipped
     // from then on. The earliest timer not yet handled goes next, so a timer added by an event
     // and already due fires in this tick too. A bound keeps a faulty timer from looping forever.
+    let mut handled: std::collections::BTreeSet<(u64, Timer)> = std::collections::BTreeSet::new();
+    // The greatest timer handled so far. Every timer before it is handled, unless an event
+    // added it since: those are found by scanning before the cursor, which normally holds
+    // nothing (fired timers leave the set), so a tick of k timers costs O(k log n), not
+    // O(k^2) rescans from the start.
+    let mut cursor: Option<(u64, Timer)> = None;
+    for _ in 0..100_000 {
+        let next = next_due(state, ctx.now_ms, &handled, cursor.as_ref());
+        let Some(timer) = next else {
+            break;
+        };
+        let fired = fire(state, &timer.1, ctx);
+        if cursor.as_ref().is_none_or(|c| *c < timer) {
+            cursor = Some(timer.clone());
+        }
+        handled.insert(timer);
+        for e in fired {
+            state.apply_payload(&e);
+            events.push(e);
+        }
+    }
+    events
+}
+
+/// [`tick_into`] as first written: each step rescans the due timers from the start for the
+/// earliest one not handled yet. Tests check the faster cursor against it on every tick
+/// (`testkit::Harness::when`).
+#[cfg(test)]
+pub(crate) fn reference_tick_into(state: &mut State, ctx: &mut Ctx<'_>) -> Vec<Payload> {
+    let mut events = Vec::new();
     let mut handled: std::collections::HashSet<(u64, Timer)> = std::collections::HashSet::new();
     for _ in 0..100_000 {
         let Some((due, timer)) = state
@@ -49,6 +79,36 @@ pub fn tick_into(state: &mut State, ctx: &mut Ctx<'_>) -> Vec<Payload> {
         }
     }
     events
+}
+
+/// The earliest due timer not in `handled`. Every timer up to `cursor` was handled, unless an
+/// event added it since (see [`tick_into`]).
+fn next_due(
+    state: &State,
+    now_ms: u64,
+    handled: &std::collections::BTreeSet<(u64, Timer)>,
+    cursor: Option<&(u64, Timer)>,
+) -> Option<(u64, Timer)> {
+    use std::ops::Bound;
+    let unhandled = |t: &&(u64, Timer)| !handled.contains(*t);
+    let Some(c) = cursor else {
+        return state
+            .timers
+            .iter()
+            .take_while(|(due, _)| *due <= now_ms)
+            .find(unhandled)
+            .cloned();
+    };
+    // Before the cursor everything is due (<= its due time <= now).
+    let added = state.timers.range(..c.clone()).find(unhandled).cloned();
+    added.or_else(|| {
+        state
+            .timers
+            .range((Bound::Excluded(c.clone()), Bound::Unbounded))
+            .take_while(|(due, _)| *due <= now_ms)
+            .find(unhandled)
+            .cloned()
+    })
 }
 
 fn fire(state: &State, timer: &Timer, ctx: &Ctx<'_>) -> Vec<Payload> {
@@ -153,5 +213,68 @@ fn fire(state: &State, timer: &Timer, ctx: &Ctx<'_>) -> Vec<Payload> {
             let _ = ctx;
             out
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::BTreeSet;
+
+    fn timer(due: u64, id: &str) -> (u64, Timer) {
+        (due, Timer::VolumeAvailable(id.into()))
+    }
+
+    fn state_with(timers: &[(u64, Timer)]) -> State {
+        let mut s = State::new();
+        for t in timers {
+            s.timers.insert(t.clone());
+        }
+        s
+    }
+
+    #[test]
+    fn next_due_goes_on_after_the_cursor_and_stops_at_now() {
+        let s = state_with(&[timer(10, "vol-1"), timer(20, "vol-2"), timer(30, "vol-3")]);
+        let none = BTreeSet::new();
+        assert_eq!(next_due(&s, 25, &none, None), Some(timer(10, "vol-1")));
+        // vol-1 handled and still there (its firing produced nothing): skipped.
+        let handled: BTreeSet<_> = [timer(10, "vol-1")].into();
+        let cursor = timer(10, "vol-1");
+        assert_eq!(
+            next_due(&s, 25, &handled, Some(&cursor)),
+            Some(timer(20, "vol-2"))
+        );
+        let handled: BTreeSet<_> = [timer(10, "vol-1"), timer(20, "vol-2")].into();
+        let cursor = timer(20, "vol-2");
+        assert_eq!(
+            next_due(&s, 25, &handled, Some(&cursor)),
+            None,
+            "vol-3 is not due"
+        );
+    }
+
+    #[test]
+    fn a_timer_added_before_the_cursor_goes_first() {
+        // The tick handled vol-5 (due 20, still pending) and an event then added vol-4 due at
+        // 15 and vol-9 due at 20: the earliest not handled is vol-4, before the cursor.
+        let s = state_with(&[
+            timer(15, "vol-4"),
+            timer(20, "vol-5"),
+            timer(20, "vol-9"),
+            timer(30, "vol-6"),
+        ]);
+        let mut handled: BTreeSet<_> = [timer(20, "vol-5")].into();
+        let cursor = timer(20, "vol-5");
+        assert_eq!(
+            next_due(&s, 25, &handled, Some(&cursor)),
+            Some(timer(15, "vol-4"))
+        );
+        handled.insert(timer(15, "vol-4"));
+        // The cursor stays the greatest handled timer; the next is after it.
+        assert_eq!(
+            next_due(&s, 25, &handled, Some(&cursor)),
+            Some(timer(20, "vol-9"))
+        );
     }
 }
