@@ -1487,7 +1487,7 @@ pub(crate) fn apply(state: &mut State, p: &Payload) {
             else {
                 return;
             };
-            let d = &mut img.registered;
+            let d = std::sync::Arc::make_mut(&mut img.registered);
             d.architecture = e.architecture.clone();
             d.virtualization_type = e.virtualization_type.clone();
             d.root_device_type = e.root_device_type.clone();

@@ -230,12 +230,12 @@ mod tests {
 
     fn image(id: &str, owner: &str, name: &str) -> Arc<Image> {
         Arc::new(Image {
-            registered: ImageRegisteredData {
+            registered: Arc::new(ImageRegisteredData {
                 image_id: id.into(),
                 owner_id: owner.into(),
                 name: name.into(),
                 ..ImageRegisteredData::default()
-            },
+            }),
             state: ImageState::Available,
             state_reason: None,
             tags: Tags::new(),

@@ -1250,10 +1250,10 @@ pub(crate) fn apply(state: &mut State, p: &Payload) {
             if let Some(img) = state.image_mut(&e.image_id) {
                 // The registration record holds the image's current attributes.
                 if let Some(d) = &e.description {
-                    img.registered.description = d.clone();
+                    std::sync::Arc::make_mut(&mut img.registered).description = d.clone();
                 }
                 if let Some(v) = &e.imds_support {
-                    img.registered.imds_support = v.clone();
+                    std::sync::Arc::make_mut(&mut img.registered).imds_support = v.clone();
                 }
             }
         }

@@ -76,8 +76,11 @@ pub enum LaunchPermission {
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Image {
-    /// Everything recorded at registration (id, owner, name, mappings, ...).
-    pub registered: ImageRegisteredData,
+    /// Everything recorded at registration (id, owner, name, mappings, ...). Shared: a state
+    /// change of the image (pending → available, tags, permissions) copies the image, and this
+    /// part, most of its bytes and allocations, rarely changes with it (`Arc::make_mut` when it
+    /// does).
+    pub registered: Arc<ImageRegisteredData>,
     pub state: ImageState,
     /// (code, message) of a failed image; boxed: rare, and 40 bytes less per image inline.
     pub state_reason: Option<Box<(String, String)>>,
@@ -590,7 +593,7 @@ impl State {
                 self.images.insert(
                     id,
                     Arc::new(Image {
-                        registered: data,
+                        registered: Arc::new(data),
                         state: ImageState::Pending,
                         state_reason: None,
                         tags: tags_from(&e.tags),
