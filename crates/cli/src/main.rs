@@ -57,6 +57,15 @@ struct Cli {
     #[arg(long, global = true, value_enum, default_value_t = logging::LogFormat::Text, env = "AMISIM_LOG_FORMAT")]
     log_format: logging::LogFormat,
 
+    /// Worker threads of the async runtime (gRPC servers, clients, the coordinator). Default:
+    /// the machine's cores minus one, at least one: a region node keeps two busy threads of its
+    /// own (the writer and the commit thread), and on 2 cores a second runtime worker only
+    /// competes with them (durable RegisterImage at 64 in flight +15 %, reads -6 %;
+    /// docs/performance.md).
+    #[arg(long, global = true, value_name = "N", env = "AMISIM_RUNTIME_THREADS",
+          value_parser = clap::value_parser!(u16).range(1..))]
+    runtime_threads: Option<u16>,
+
     #[command(subcommand)]
     command: Command,
 }
@@ -73,6 +82,16 @@ enum Command {
     Chaos(chaos::ChaosArgs),
 }
 
+/// The runtime's worker threads: `flag` if given, else the cores minus one (at least one).
+fn runtime_threads(flag: Option<u16>) -> usize {
+    match flag {
+        Some(n) => usize::from(n),
+        None => std::thread::available_parallelism()
+            .map_or(1, |n| n.get().saturating_sub(1))
+            .max(1),
+    }
+}
+
 fn main() -> ExitCode {
     no_transparent_huge_pages();
     let cli = Cli::parse();
@@ -87,6 +106,7 @@ fn main() -> ExitCode {
     logging::init(cli.log_format, default_level);
     let log_format = cli.log_format;
     let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(runtime_threads(cli.runtime_threads))
         .enable_all()
         .thread_name("amisim")
         .build()
@@ -169,5 +189,20 @@ fn no_transparent_huge_pages() {
     // SAFETY: prctl with PR_SET_THP_DISABLE takes plain integers and touches no memory of ours.
     unsafe {
         libc::prctl(libc::PR_SET_THP_DISABLE, 1, 0, 0, 0);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn runtime_threads_take_the_flag_else_leave_a_core_to_the_node() {
+        assert_eq!(runtime_threads(Some(3)), 3);
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        assert_eq!(runtime_threads(None), cores.saturating_sub(1).max(1));
+        let cli = Cli::try_parse_from(["amisim", "--runtime-threads", "2", "copies"]).unwrap();
+        assert_eq!(cli.runtime_threads, Some(2));
+        assert!(Cli::try_parse_from(["amisim", "--runtime-threads", "0", "copies"]).is_err());
     }
 }
