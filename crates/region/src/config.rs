@@ -40,7 +40,8 @@ pub struct RegionConfig {
 pub struct StorageConfig {
     /// sled's page cache for the event log, in MiB (default 64; `--sled-cache-mb`,
     /// `AMISIM_SLED_CACHE_MB`). sled keeps at most about this much of the log in memory; the
-    /// projection itself is separate (about 1 KiB per image).
+    /// projection itself is separate (about 1 KiB per image). Only logs created before ADR 0013
+    /// are sled logs; a segment log's cache is the OS page cache.
     pub sled_cache_mb: u64,
     /// Write a projection checkpoint every this many events (default 100,000; 0: only at a
     /// clean shutdown). A restart loads the newest valid checkpoint and folds only the events
