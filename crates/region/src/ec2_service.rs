@@ -392,8 +392,12 @@ fn mismatch(action: &str) -> Ec2Error {
     ))
 }
 
+/// Sets a response header whose value is new in every response (request id, consistency
+/// token). Marked sensitive so HTTP/2 sends it as a literal never indexed: indexing a value that
+/// never repeats only churns both ends' HPACK tables (every insert evicts older entries).
 fn insert(md: &mut MetadataMap, key: &'static str, value: &str) {
-    if let Ok(v) = AsciiMetadataValue::try_from(value) {
+    if let Ok(mut v) = AsciiMetadataValue::try_from(value) {
+        v.set_sensitive(true);
         md.insert(key, v);
     }
 }
@@ -961,6 +965,21 @@ mod tests {
                 Some("req-1")
             );
         }
+    }
+
+    #[test]
+    fn per_response_headers_are_never_indexed() {
+        let mut md = MetadataMap::new();
+        insert(&mut md, CONSISTENCY_TOKEN_KEY, "us-east-1:42");
+        let v = md.get(CONSISTENCY_TOKEN_KEY).unwrap();
+        assert_eq!(v.to_str().ok(), Some("us-east-1:42"));
+        assert!(
+            v.is_sensitive(),
+            "a value that never repeats is not indexed by HPACK"
+        );
+        // A value that is not ASCII metadata is left out rather than sent broken.
+        insert(&mut md, REQUEST_ID_KEY, "bad\nvalue");
+        assert!(md.get(REQUEST_ID_KEY).is_none());
     }
 
     #[test]
