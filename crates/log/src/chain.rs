@@ -183,6 +183,59 @@ pub(crate) fn stamp(head: Head, events: &mut [Event]) -> Head {
     head
 }
 
+/// [`stamp`], and each stamped event appended to `out` as field 1 of an `EventBatch` (what
+/// `prost::encoding::message::encode(1, event, out)` writes, byte for byte), encoding each
+/// event once: the hash covers the event's encoding with `hash` empty, which is the stored
+/// encoding without the `hash` field, and `hash` (field 11) comes right before the payload
+/// (fields 100 and up). So the envelope and the payload are encoded apart, hashed, and written
+/// around the hash. Returns the new head.
+pub(crate) fn stamp_encoded(head: Head, events: &mut [Event], out: &mut Vec<u8>) -> Head {
+    use prost::encoding::{encode_key, encode_varint, WireType};
+    const HASH_TAG: u32 = 11;
+    let mut head = head;
+    let mut envelope = Vec::new();
+    let mut payload_bytes = Vec::new();
+    for event in events.iter_mut() {
+        event.seq = head.seq + 1;
+        event.prev_hash.clear();
+        event.prev_hash.extend_from_slice(&head.hash);
+        event.hash.clear();
+        let payload = event.payload.take();
+        envelope.clear();
+        event.encode_raw(&mut envelope);
+        payload_bytes.clear();
+        if let Some(p) = &payload {
+            p.encode(&mut payload_bytes);
+        }
+        event.payload = payload;
+        let mut hasher = Sha256::new();
+        hasher.update(head.hash);
+        hasher.update(&envelope);
+        hasher.update(&payload_bytes);
+        let hash: [u8; 32] = hasher.finalize().into();
+        event.hash.extend_from_slice(&hash);
+        // Field 11 as prost writes it: key, length 32, the bytes.
+        let hash_field_len = prost::encoding::key_len(HASH_TAG)
+            + prost::encoding::encoded_len_varint(hash.len() as u64)
+            + hash.len();
+        encode_key(1, WireType::LengthDelimited, out);
+        encode_varint(
+            (envelope.len() + hash_field_len + payload_bytes.len()) as u64,
+            out,
+        );
+        out.extend_from_slice(&envelope);
+        encode_key(HASH_TAG, WireType::LengthDelimited, out);
+        encode_varint(hash.len() as u64, out);
+        out.extend_from_slice(&hash);
+        out.extend_from_slice(&payload_bytes);
+        head = Head {
+            seq: event.seq,
+            hash,
+        };
+    }
+    head
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -314,5 +367,105 @@ mod tests {
         v.push(&events[0]).unwrap();
         v.push(&events[1]).unwrap();
         assert_eq!(v.head().seq, 2);
+    }
+
+    mod fused {
+        use super::*;
+        use amisim_proto::{EventRef, ImageRegistered, SnapshotCompleted};
+        use proptest::prelude::*;
+
+        fn payload() -> impl Strategy<Value = Option<Payload>> {
+            prop_oneof![
+                Just(None),
+                "[a-z0-9]{0,20}"
+                    .prop_map(|id| Some(Payload::ImageAvailable(ImageAvailable { image_id: id }))),
+                "[a-z0-9]{0,20}".prop_map(|id| Some(Payload::SnapshotCompleted(
+                    SnapshotCompleted { snapshot_id: id }
+                ))),
+                ("[a-z0-9-]{0,30}", ".{0,300}").prop_map(|(name, description)| Some(
+                    Payload::ImageRegistered(ImageRegistered {
+                        image_id: "ami-0123456789abcdef0".into(),
+                        owner_id: "123456789012".into(),
+                        name,
+                        description,
+                        available_at_ms: 7,
+                        ..Default::default()
+                    })
+                )),
+            ]
+        }
+
+        fn event() -> impl Strategy<Value = Event> {
+            (
+                any::<u64>(),
+                ".{0,12}",
+                "[a-f0-9-]{0,36}",
+                any::<u64>(),
+                any::<u64>(),
+                "[0-9]{0,12}",
+                ".{0,40}",
+                ".{0,10}",
+                proptest::collection::vec(("[a-z0-9-]{0,12}", any::<u64>()), 0..3),
+                proptest::collection::vec(any::<u8>(), 0..40),
+                payload(),
+            )
+                .prop_map(
+                    |(
+                        seq,
+                        region,
+                        event_id,
+                        sim,
+                        wall,
+                        account,
+                        request,
+                        correlation,
+                        deps,
+                        junk,
+                        payload,
+                    )| Event {
+                        // Whatever the caller left in seq, prev_hash and hash is overwritten.
+                        seq,
+                        region,
+                        event_id,
+                        sim_time_ms: sim,
+                        wall_time_ms: wall,
+                        account_id: account,
+                        request_id: request,
+                        correlation_id: correlation,
+                        depends_on: deps
+                            .into_iter()
+                            .map(|(region, seq)| EventRef { region, seq })
+                            .collect(),
+                        prev_hash: junk.clone(),
+                        hash: junk,
+                        payload,
+                    },
+                )
+        }
+
+        proptest! {
+            /// The fused path stamps exactly what `stamp` stamps and writes exactly the bytes
+            /// prost writes for the stamped events.
+            #[test]
+            fn stamp_encoded_equals_stamp_then_encode(
+                events in proptest::collection::vec(event(), 0..6),
+                seq in 0u64..1_000_000,
+                hash in any::<[u8; 32]>(),
+            ) {
+                let head = Head { seq, hash };
+                let mut expected = events.clone();
+                let expected_head = stamp(head, &mut expected);
+                let mut expected_bytes = vec![9u8];
+                for e in &expected {
+                    prost::encoding::message::encode(1, e, &mut expected_bytes);
+                }
+                let mut fused = events;
+                let mut bytes = vec![9u8];
+                let fused_head = stamp_encoded(head, &mut fused, &mut bytes);
+                prop_assert_eq!(fused_head, expected_head);
+                prop_assert_eq!(&fused, &expected);
+                prop_assert_eq!(bytes, expected_bytes);
+            }
+        }
     }
 }

@@ -22,7 +22,7 @@ use amisim_proto::{Event, EventBatch};
 use prost::Message;
 use tokio::sync::watch;
 
-use crate::chain::stamp;
+use crate::chain::stamp_encoded;
 use crate::sled_log::one_event_batch;
 use crate::stored::{check_run, head_of, read_stored, sync_dir, verify_stored, Stored, LOCK_WAIT};
 use crate::{EventLog, Head, LogError, SledOptions};
@@ -446,13 +446,19 @@ impl SegmentLog {
         &self.dir
     }
 
-    /// Writes the stamped batch as one record at the end of the current segment and makes it
-    /// durable. Returns the record's place for the index.
-    fn write_durably(&self, w: &mut Writer, events: &[Event]) -> Result<RecordRef, LogError> {
-        let (first_seq, count) = match events.first() {
-            Some(first) => (first.seq, events.len()),
-            None => return Err(LogError::Io(std::io::Error::other("empty record"))),
-        };
+    /// Stamps the batch to follow `head` ([`stamp_encoded`]: each event encoded once, for its
+    /// hash and for the record), writes it as one record at the end of the current segment and
+    /// makes it durable. Returns the record's place for the index and the new head.
+    fn write_durably(
+        &self,
+        w: &mut Writer,
+        head: Head,
+        events: &mut [Event],
+    ) -> Result<(RecordRef, Head), LogError> {
+        if events.is_empty() {
+            return Err(LogError::Io(std::io::Error::other("empty record")));
+        }
+        let (first_seq, count) = (head.seq + 1, events.len());
         let count = u32::try_from(count).map_err(|_| {
             LogError::Io(std::io::Error::new(
                 ErrorKind::InvalidInput,
@@ -480,9 +486,7 @@ impl SegmentLog {
 
         w.buf.clear();
         w.buf.resize(RECORD_HEADER_LEN, 0);
-        for event in events {
-            prost::encoding::message::encode(1, event, &mut w.buf);
-        }
+        let new_head = stamp_encoded(head, events, &mut w.buf);
         seal_record(&mut w.buf, count, first_seq)?;
         let path = &w.segment.path;
         w.segment
@@ -504,7 +508,7 @@ impl SegmentLog {
         if w.buf.capacity() > MAX_KEPT_BUFFER {
             w.buf = Vec::new();
         }
-        Ok(record)
+        Ok((record, new_head))
     }
 
     /// Starts segment `first_seq` (durable, named, its directory entry synced) and makes it the
@@ -561,15 +565,14 @@ impl EventLog for SegmentLog {
         }
         let started = Instant::now();
         let head = self.head();
-        let new_head = stamp(head, &mut events);
-        let record = match self.write_durably(&mut writer, &events) {
-            Ok(record) => record,
+        let (record, new_head) = match self.write_durably(&mut writer, head, &mut events) {
+            Ok(written) => written,
             Err(e) => {
                 self.failed.store(true, Ordering::SeqCst);
                 tracing::error!(
                     dir = %self.dir.display(),
                     from = head.seq + 1,
-                    to = new_head.seq,
+                    to = head.seq + events.len() as u64,
                     error = %e,
                     "event log append failed; the log accepts no more writes"
                 );
