@@ -11,8 +11,8 @@
 //!   slot map, next to the images created just before it, and so does the `available` change a
 //!   moment later: a round of writes copies one path of recent, warm entries instead of one
 //!   node of cold entries per image. Copying an index node copies bytes.
-//! - [`ImageNames`] (the `InvalidAMIName.Duplicate` index) holds `(owner, hash of the name,
-//!   image id)`, all inline; a lookup confirms the name on the image itself.
+//! - [`ImageNames`] (the `InvalidAMIName.Duplicate` index) files image ids under the hashes of
+//!   owner and name (integers, inline); a lookup confirms owner and name on the image itself.
 //!
 //! Both read like the maps they replace: by id, in id order. Slots are not part of the state's
 //! meaning: equality, serialization (a map of id → image, as before) and therefore the digest
@@ -22,7 +22,7 @@ use std::fmt;
 use std::hash::Hasher;
 use std::sync::Arc;
 
-use imbl::{OrdMap, OrdSet};
+use imbl::OrdMap;
 use serde::de::{MapAccess, Visitor};
 use serde::ser::SerializeMap;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
@@ -185,51 +185,93 @@ impl<'de> Deserialize<'de> for ImageTable {
     }
 }
 
-/// The names of the images not deregistered, by owner (`InvalidAMIName.Duplicate`): a set of
-/// `(owner, name hash, image id)`. Different names can share a hash: [`ImageNames::find`]
-/// compares the name of each candidate image.
+/// The names of the images not deregistered, by owner (`InvalidAMIName.Duplicate`).
+///
+/// Filed under `(hash of the owner, hash of the name)`: sixteen bytes that compare as integers,
+/// so a random insert copies small, inline entries and a lookup is one search. Two pairs can
+/// share the hashes: the one filed later goes to `collisions` (keyed by the strings, normally
+/// empty), and [`ImageNames::find`] confirms owner and name on the image either way.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ImageNames(OrdSet<(InlineId, u64, InlineId)>);
+pub struct ImageNames {
+    by_hash: OrdMap<(u64, u64), InlineId>,
+    collisions: OrdMap<(InlineId, String), InlineId>,
+}
 
 impl ImageNames {
-    /// The hash a name is filed under: 64-bit FNV-1a of its UTF-8 bytes (a fixed function, so a
-    /// checkpoint reads back the same).
-    pub fn hash(name: &str) -> u64 {
+    /// The hash a string is filed under: 64-bit FNV-1a of its UTF-8 bytes (a fixed function, so
+    /// a checkpoint reads back the same).
+    pub fn hash(s: &str) -> u64 {
         let mut h = fnv::FnvHasher::default();
-        h.write(name.as_bytes());
+        h.write(s.as_bytes());
         h.finish()
+    }
+
+    fn key(owner: &str, name: &str) -> (u64, u64) {
+        (Self::hash(owner), Self::hash(name))
     }
 
     /// Files `image_id` under its owner and name.
     pub fn insert(&mut self, owner: &str, name: &str, image_id: &str) {
-        self.0
-            .insert((owner.into(), Self::hash(name), image_id.into()));
+        match self.by_hash.entry(Self::key(owner, name)) {
+            imbl::ordmap::Entry::Vacant(v) => {
+                v.insert(image_id.into());
+            }
+            imbl::ordmap::Entry::Occupied(o) if o.get() == image_id => {}
+            imbl::ordmap::Entry::Occupied(_) => {
+                self.collisions
+                    .insert((owner.into(), name.to_string()), image_id.into());
+            }
+        }
     }
 
     /// Removes the entry of `image_id` under its owner and name (if there is one).
     pub fn remove(&mut self, owner: &str, name: &str, image_id: &str) {
-        self.0
-            .remove(&(owner.into(), Self::hash(name), image_id.into()));
+        let key = Self::key(owner, name);
+        if self.by_hash.get(&key).is_some_and(|id| id == image_id) {
+            self.by_hash.remove(&key);
+        }
+        let strings = (InlineId::from(owner), name.to_string());
+        if self
+            .collisions
+            .get(&strings)
+            .is_some_and(|id| id == image_id)
+        {
+            self.collisions.remove(&strings);
+        }
     }
 
     /// The image of `owner` named `name` that is not deregistered, if any.
     pub fn find<'a>(&self, images: &'a ImageTable, owner: &str, name: &str) -> Option<&'a Image> {
-        let hash = Self::hash(name);
-        let from = (InlineId::from(owner), hash, InlineId::default());
-        self.0
-            .range(from..)
-            .take_while(|(o, h, _)| o == owner && *h == hash)
-            .filter_map(|(_, _, id)| images.get(id))
+        let is_it = |image: &&Image| {
+            image.owner() == owner
+                && image.registered.name == name
+                && image.state != ImageState::Deregistered
+        };
+        let filed = self
+            .by_hash
+            .get(&Self::key(owner, name))
+            .and_then(|id| images.get(id))
             .map(|image| &**image)
-            .find(|image| image.registered.name == name && image.state != ImageState::Deregistered)
+            .filter(is_it);
+        filed.or_else(|| {
+            if self.collisions.is_empty() {
+                return None;
+            }
+            self.collisions
+                .get(&(InlineId::from(owner), name.to_string()))
+                .and_then(|id| images.get(id))
+                .map(|image| &**image)
+                .filter(is_it)
+        })
     }
 
+    /// Names filed (both tables).
     pub fn len(&self) -> usize {
-        self.0.len()
+        self.by_hash.len() + self.collisions.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
+        self.by_hash.is_empty() && self.collisions.is_empty()
     }
 }
 
@@ -237,6 +279,7 @@ impl ImageNames {
 mod tests {
     use super::*;
     use crate::state::{ImageRegisteredData, Tags};
+    use imbl::OrdSet;
 
     fn image(id: &str, owner: &str, name: &str) -> Arc<Image> {
         Arc::new(Image {
@@ -396,6 +439,9 @@ mod tests {
             .find(&t, "444455556666", "ami-0000000000000000b")
             .is_none());
         assert!(names.find(&t, OWNER, "ami-0000000000000000").is_none());
+        // Removing under another image id leaves the entry.
+        names.remove(OWNER, "ami-0000000000000000b", "ami-0000000000000000c");
+        assert!(names.find(&t, OWNER, "ami-0000000000000000b").is_some());
         names.remove(OWNER, "ami-0000000000000000b", "ami-0000000000000000b");
         assert!(names.find(&t, OWNER, "ami-0000000000000000b").is_none());
         assert_eq!(names.len(), 2);
@@ -403,8 +449,8 @@ mod tests {
 
     #[test]
     fn two_names_under_one_hash_are_told_apart() {
-        // Two images filed under the same (owner, hash) as if their names collided: the lookup
-        // compares the real names.
+        // "two" filed as if its hashes were those of "one" (a collision): the image's own name
+        // tells them apart, and the later one goes to the collision table.
         let mut t = ImageTable::new();
         t.insert(
             "ami-00000000000000001".into(),
@@ -414,22 +460,28 @@ mod tests {
             "ami-00000000000000002".into(),
             image("ami-00000000000000002", OWNER, "two"),
         );
-        let hash = ImageNames::hash("two");
         let mut names = ImageNames::default();
-        names
-            .0
-            .insert((OWNER.into(), hash, "ami-00000000000000001".into()));
-        names
-            .0
-            .insert((OWNER.into(), hash, "ami-00000000000000002".into()));
+        names.insert(OWNER, "one", "ami-00000000000000001");
+        // What insert does when "two" lands on the key "one" holds.
+        names.by_hash.insert(
+            ImageNames::key(OWNER, "two"),
+            "ami-00000000000000001".into(),
+        );
+        names.insert(OWNER, "two", "ami-00000000000000002");
+        assert_eq!(names.collisions.len(), 1, "filed under the strings");
         assert_eq!(
             names.find(&t, OWNER, "two").map(|i| i.id()),
             Some("ami-00000000000000002")
         );
-        assert!(
-            names.find(&t, OWNER, "one").is_none(),
-            "filed under another hash"
+        assert_eq!(
+            names.find(&t, OWNER, "one").map(|i| i.id()),
+            Some("ami-00000000000000001")
         );
+        names.remove(OWNER, "two", "ami-00000000000000002");
+        assert!(names.collisions.is_empty());
+        assert!(names.find(&t, OWNER, "two").is_none());
+        // Another owner's image under the same name is not this owner's.
+        assert!(names.find(&t, "444455556666", "one").is_none());
     }
 
     #[test]

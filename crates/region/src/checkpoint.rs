@@ -49,7 +49,7 @@ const MAGIC: &[u8; 8] = b"AMISIMCP";
 /// The encoding version of checkpoints this code writes and reads. Bump it whenever `State`
 /// changes shape (see the module docs); the test `the_reference_state_encoding_is_pinned`
 /// fails until you do.
-pub const CHECKPOINT_VERSION: u32 = 2;
+pub const CHECKPOINT_VERSION: u32 = 3;
 
 /// Checkpoints kept on disk (the newest ones); an older one is the fallback if the newest is
 /// damaged.
@@ -444,8 +444,8 @@ mod tests {
         assert_eq!(
             (CHECKPOINT_VERSION, hash.as_str()),
             (
-                2,
-                "d020b066ed8d96ce5e51565631cebb194c2d6c7c04f4dd927896b5cafdfa9121"
+                3,
+                "bc76c185497903c60865505803817389003db8d2f6032fdc185ebe28bf783d79"
             ),
             "State changed shape: bump CHECKPOINT_VERSION and re-pin"
         );
