@@ -129,10 +129,15 @@ pub fn generate(kind: Kind, rng: &mut dyn RngCore) -> String {
 pub fn generate_uuid(rng: &mut dyn RngCore) -> String {
     let mut b = [0u8; 16];
     rng.fill_bytes(&mut b);
-    b[6] = (b[6] & 0x0f) | 0x40;
-    b[8] = (b[8] & 0x3f) | 0x80;
+    uuid_v4_string(b)
+}
+
+/// `bytes` as a version 4, RFC 4122 variant UUID (those bits set), lowercase and hyphenated.
+pub fn uuid_v4_string(mut bytes: [u8; 16]) -> String {
+    bytes[6] = (bytes[6] & 0x0f) | 0x40;
+    bytes[8] = (bytes[8] & 0x3f) | 0x80;
     let mut buf = uuid::Uuid::encode_buffer();
-    uuid::Uuid::from_bytes(b)
+    uuid::Uuid::from_bytes(bytes)
         .hyphenated()
         .encode_lower(&mut buf)
         .to_string()

@@ -131,17 +131,7 @@ pub fn aws_managed_key_id(region: &str, account: &str) -> String {
     let d = Sha256::digest(format!("amisim:aws/ebs:{region}:{account}").as_bytes());
     let mut b = [0u8; 16];
     b.copy_from_slice(&d[..16]);
-    b[6] = (b[6] & 0x0f) | 0x40;
-    b[8] = (b[8] & 0x3f) | 0x80;
-    let h = hex::encode(b);
-    format!(
-        "{}-{}-{}-{}-{}",
-        &h[0..8],
-        &h[8..12],
-        &h[12..16],
-        &h[16..20],
-        &h[20..32]
-    )
+    crate::ids::uuid_v4_string(b)
 }
 
 /// The key ARN of the AWS managed EBS key of `account` in `region`.
