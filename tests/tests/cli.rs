@@ -174,3 +174,42 @@ fn a_virtual_clock_starts_where_it_is_told_on_an_empty_log() {
     let status = node.process.terminate(Duration::from_secs(20));
     assert!(status.success(), "{}", node.process.logs());
 }
+
+/// A report piped into a reader that is gone (`amisim replay … | head -1`) ends the process by
+/// SIGPIPE, quietly, as a Unix tool does, not with a panic on the failed `println!`.
+#[cfg(unix)]
+#[test]
+fn a_report_into_a_closed_pipe_ends_quietly() {
+    use std::os::unix::process::ExitStatusExt;
+    let data = tempfile::tempdir().unwrap();
+    let dir = data.path().join("us-east-1");
+    let mut node = start_region("us-east-1", &dir, &[]);
+    let status = node.process.terminate(Duration::from_secs(20));
+    assert!(status.success(), "{}", node.process.logs());
+
+    // A pipe whose read end is closed before the child starts: its first write fails.
+    let (reader, writer) = std::io::pipe().unwrap();
+    drop(reader);
+    let out = std::process::Command::new(amisim_bin())
+        .args(["replay", "--data", dir.to_str().unwrap()])
+        .env("RUST_LOG", "warn")
+        .stdin(std::process::Stdio::null())
+        .stdout(writer)
+        .stderr(std::process::Stdio::piped())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stderr.contains("panicked"), "stderr: {stderr}");
+    assert_eq!(
+        out.status.signal(),
+        Some(libc_sigpipe()),
+        "{:?} {stderr}",
+        out.status
+    );
+}
+
+/// SIGPIPE's number on the platforms amisim runs on (Linux, macOS: 13).
+#[cfg(unix)]
+fn libc_sigpipe() -> i32 {
+    13
+}

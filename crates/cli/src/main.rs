@@ -95,6 +95,12 @@ fn runtime_threads(flag: Option<u16>) -> usize {
 fn main() -> ExitCode {
     no_transparent_huge_pages();
     let cli = Cli::parse();
+    if matches!(
+        cli.command,
+        Command::Replay(_) | Command::Audit(_) | Command::Copies(_)
+    ) {
+        die_quietly_on_a_closed_stdout();
+    }
     let default_level = match cli.command {
         Command::Replay(_)
         | Command::Audit(_)
@@ -184,6 +190,19 @@ pub(crate) async fn bind(addr: &str) -> anyhow::Result<tokio::net::TcpListener> 
 /// load that was ~5 % of the CPU, in stalls of the commit thread that went straight into the
 /// tail latency (p99 11–12 ms with them, 7–8 ms without; docs/performance.md). Best effort: a
 /// kernel without the call leaves things as they were.
+/// A report piped into `head` (or any reader that stops early) ends the process quietly, as a
+/// Unix tool does, instead of `println!` panicking on the broken pipe. Only for the commands
+/// that print reports and serve nothing: Rust ignores SIGPIPE so that a server's write to a
+/// closed connection is an error, not its death, and `dev`, `region`, `coordinator`, `bench`
+/// and `chaos` keep that.
+fn die_quietly_on_a_closed_stdout() {
+    #[cfg(unix)]
+    // SAFETY: signal(2) with the default disposition; no handler of ours is involved.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
+}
+
 fn no_transparent_huge_pages() {
     #[cfg(target_os = "linux")]
     // SAFETY: prctl with PR_SET_THP_DISABLE takes plain integers and touches no memory of ours.
