@@ -754,7 +754,7 @@ pub fn create_image(
     if r.no_reboot {
         let in_flight = state
             .images
-            .values()
+            .values_unordered()
             .filter(|i| {
                 i.owner() == ctx.account_id
                     && i.state == ImageState::Pending
@@ -860,7 +860,7 @@ pub fn create_image(
 /// True if an image other than `except` that is still registered (pending, available,
 /// disabled) uses the snapshot.
 fn used_by_other_image(state: &State, snapshot_id: &str, except: &str) -> bool {
-    state.images.values().any(|i| {
+    state.images.values_unordered().any(|i| {
         i.id() != except
             && matches!(
                 i.state,

@@ -114,7 +114,9 @@ impl ImageTable {
     }
 
     /// Images in creation order: a scan that does not need id order (a count, an `any`) reads
-    /// the images without the index.
+    /// the images without the index. Anything whose result depends on the order (events,
+    /// messages naming an image, pages) uses [`ImageTable::values`]: slots are numbered afresh
+    /// when a checkpoint is read back.
     pub fn values_unordered(&self) -> impl Iterator<Item = &Arc<Image>> + '_ {
         self.slots.values()
     }
@@ -229,6 +231,9 @@ impl ImageNames {
         let key = Self::key(owner, name);
         if self.by_hash.get(&key).is_some_and(|id| id == image_id) {
             self.by_hash.remove(&key);
+        }
+        if self.collisions.is_empty() {
+            return;
         }
         let strings = (InlineId::from(owner), name.to_string());
         if self

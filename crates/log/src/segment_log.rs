@@ -24,7 +24,9 @@ use tokio::sync::watch;
 
 use crate::chain::stamp_encoded;
 use crate::sled_log::one_event_batch;
-use crate::stored::{check_run, head_of, read_stored, sync_dir, verify_stored, Stored, LOCK_WAIT};
+use crate::stored::{
+    append_durably, check_run, head_of, read_stored, sync_dir, verify_stored, Stored, LOCK_WAIT,
+};
 use crate::{EventLog, Head, LogError, SledOptions};
 
 /// The default [`SegmentOptions::segment_bytes`]: 64 MiB.
@@ -563,50 +565,29 @@ impl EventLog for SegmentLog {
         if events.is_empty() {
             return Ok(events);
         }
-        let started = Instant::now();
         let head = self.head();
-        let (record, new_head) = match self.write_durably(&mut writer, head, &mut events) {
-            Ok(written) => written,
-            Err(e) => {
-                self.failed.store(true, Ordering::SeqCst);
-                tracing::error!(
-                    dir = %self.dir.display(),
-                    from = head.seq + 1,
-                    to = head.seq + events.len() as u64,
-                    error = %e,
-                    "event log append failed; the log accepts no more writes"
-                );
-                return Err(e);
-            }
-        };
-        match self.state.write() {
-            Ok(mut state) => {
+        append_durably(
+            &self.dir,
+            &self.failed,
+            &self.head_tx,
+            head,
+            &mut events,
+            |events| self.write_durably(&mut writer, head, events),
+            |record, new_head| {
+                // Index and head in one assignment: readers see both or neither.
+                let mut state = self.state.write()?;
                 state.records.push(record);
                 state.head = new_head;
-            }
-            Err(_) => {
-                self.failed.store(true, Ordering::SeqCst);
-                return Err(LogError::Poisoned);
-            }
-        }
-        self.head_tx.send_replace(new_head.seq);
-        tracing::trace!(
-            from = head.seq + 1,
-            to = new_head.seq,
-            bytes = record.len,
-            micros = started.elapsed().as_micros() as u64,
-            "event log append durable"
-        );
+                Ok(())
+            },
+        )?;
         Ok(events)
     }
 
     fn read_range(&self, from: u64, to: u64) -> Result<Vec<Event>, LogError> {
-        let from = from.max(1);
-        let to = to.min(self.head().seq);
-        if from > to {
-            return Ok(Vec::new());
-        }
-        read_stored(self.records_for(from, to)?, from, to)
+        read_stored(self.head().seq, from, to, |from, to| {
+            self.records_for(from, to)
+        })
     }
 
     fn subscribe_head(&self) -> watch::Receiver<u64> {
@@ -815,22 +796,17 @@ fn scan_segment(
         let next_seq = records
             .last()
             .map_or(name_seq, |r: &RecordRef| r.last_seq() + 1);
+        // The records end here, damaged (see `tail`).
+        let ends_with = move |what: &str| tail(segment, is_last, pos, file_len, next_seq, what);
         if remaining < RECORD_HEADER_LEN as u64 {
-            return tail(
-                segment,
-                is_last,
-                pos,
-                file_len,
-                next_seq,
-                "an incomplete record header",
-            );
+            return ends_with("an incomplete record header");
         }
         let mut raw = [0u8; RECORD_HEADER_LEN];
         read_at(segment, &mut raw, pos)?;
         if is_last && raw == [0u8; RECORD_HEADER_LEN] && zeros_to_end(segment, pos, file_len)? {
             // Space a crash left allocated but unwritten. No real record is all zeros (count
             // is at least 1).
-            return tail(segment, is_last, pos, file_len, next_seq, "zero bytes");
+            return ends_with("zero bytes");
         }
         let h = RecordHeader::parse(&raw);
         let len = h.record_len();
@@ -838,28 +814,16 @@ fn scan_segment(
             if is_last {
                 check_length_field(segment, pos, &raw, file_len)?;
             }
-            return tail(
-                segment,
-                is_last,
-                pos,
-                file_len,
-                next_seq,
-                &format!("a record of {len} bytes of which the file holds {remaining}"),
-            );
+            return ends_with(&format!(
+                "a record of {len} bytes of which the file holds {remaining}"
+            ));
         }
         if is_last && len == remaining {
             // The log's last record, the only one a crash can have torn: check it whole.
             let mut payload = vec![0u8; h.payload_len as usize];
             read_at(segment, &mut payload, pos + RECORD_HEADER_LEN as u64)?;
             if record_crc(&raw, &payload) != h.crc {
-                return tail(
-                    segment,
-                    is_last,
-                    pos,
-                    file_len,
-                    next_seq,
-                    "a record whose checksum does not match",
-                );
+                return ends_with("a record whose checksum does not match");
             }
         }
         let at = || format!("the record at offset {pos} of {}", path.display());

@@ -15,7 +15,9 @@ use prost::Message;
 use tokio::sync::watch;
 
 use crate::chain::stamp;
-use crate::stored::{check_run, head_of, read_stored, sync_dir, verify_stored, Stored, LOCK_WAIT};
+use crate::stored::{
+    append_durably, check_run, head_of, read_stored, sync_dir, verify_stored, Stored, LOCK_WAIT,
+};
 use crate::{EventLog, Head, LogError};
 
 /// Name of the sled tree that holds the events of a [`Layout::PerEvent`] log (key: big-endian
@@ -309,44 +311,30 @@ impl EventLog for SledLog {
         if events.is_empty() {
             return Ok(events);
         }
-        let started = Instant::now();
         let head = self.head();
-        let new_head = stamp(head, &mut events);
-        if let Err(e) = self.write_durably(&mut writer, &events) {
-            self.failed.store(true, Ordering::SeqCst);
-            tracing::error!(
-                dir = %self.dir.display(),
-                from = head.seq + 1,
-                to = new_head.seq,
-                error = %e,
-                "event log append failed; the log accepts no more writes"
-            );
-            return Err(e);
-        }
-        match self.head.write() {
-            Ok(mut published) => *published = new_head,
-            Err(_) => {
-                self.failed.store(true, Ordering::SeqCst);
-                return Err(LogError::Poisoned);
-            }
-        }
-        self.head_tx.send_replace(new_head.seq);
-        tracing::trace!(
-            from = head.seq + 1,
-            to = new_head.seq,
-            micros = started.elapsed().as_micros() as u64,
-            "event log append durable"
-        );
+        append_durably(
+            &self.dir,
+            &self.failed,
+            &self.head_tx,
+            head,
+            &mut events,
+            |events| {
+                let new_head = stamp(head, events);
+                self.write_durably(&mut writer, events)?;
+                Ok(((), new_head))
+            },
+            |(), new_head| {
+                *self.head.write()? = new_head;
+                Ok(())
+            },
+        )?;
         Ok(events)
     }
 
     fn read_range(&self, from: u64, to: u64) -> Result<Vec<Event>, LogError> {
-        let from = from.max(1);
-        let to = to.min(self.head().seq);
-        if from > to {
-            return Ok(Vec::new());
-        }
-        read_stored(StoredEvents::new(&self.tree, self.layout, from), from, to)
+        read_stored(self.head().seq, from, to, |from, _| {
+            Ok(StoredEvents::new(&self.tree, self.layout, from))
+        })
     }
 
     fn subscribe_head(&self) -> watch::Receiver<u64> {

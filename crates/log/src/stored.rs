@@ -1,6 +1,7 @@
-//! What the durable logs share about their stored entries: checking the events of one entry
-//! against what its key (sled) or record header (segments) says, reading a range, verifying the
-//! whole chain, learning the head, and fsyncing directories.
+//! What the durable logs share: the steps of an append after the storage write (fail-stop,
+//! publication), checking the events of one stored entry against what its key (sled) or record
+//! header (segments) says, reading a range, verifying the whole chain, learning the head, and
+//! fsyncing directories.
 //!
 //! Both backends turn their storage into one iterator of [`Stored`] results in seq order; the
 //! rules for what a hole, a bad entry or a short log means live here once, so both report the
@@ -8,9 +9,11 @@
 
 use std::fs::File;
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use amisim_proto::Event;
+use tokio::sync::watch;
 
 use crate::chain::ChainVerifier;
 use crate::{Head, LogError};
@@ -102,13 +105,63 @@ pub(crate) fn check_run(
     Ok(())
 }
 
-/// The events `from..=to` (both within the published head, `from >= 1`) out of `stored`, which
-/// starts at or before the entry holding `from`. A hole is [`LogError::NonContiguous`].
-pub(crate) fn read_stored(
-    stored: impl Iterator<Item = Result<Event, Stored>>,
+/// An append of a non-empty batch after `head`, once the caller holds its writer lock and the
+/// log has not failed: `write` stamps `events` and makes them durable, `publish` makes the new
+/// head (with what `write` returned) visible to readers, then the head watch learns it. Any
+/// error marks the log failed (fail-stop) and publishes nothing.
+pub(crate) fn append_durably<R>(
+    dir: &Path,
+    failed: &AtomicBool,
+    head_tx: &watch::Sender<u64>,
+    head: Head,
+    events: &mut [Event],
+    write: impl FnOnce(&mut [Event]) -> Result<(R, Head), LogError>,
+    publish: impl FnOnce(R, Head) -> Result<(), LogError>,
+) -> Result<(), LogError> {
+    let started = Instant::now();
+    let (written, new_head) = match write(events) {
+        Ok(written) => written,
+        Err(e) => {
+            failed.store(true, Ordering::SeqCst);
+            tracing::error!(
+                dir = %dir.display(),
+                from = head.seq + 1,
+                to = head.seq + events.len() as u64,
+                error = %e,
+                "event log append failed; the log accepts no more writes"
+            );
+            return Err(e);
+        }
+    };
+    if let Err(e) = publish(written, new_head) {
+        failed.store(true, Ordering::SeqCst);
+        return Err(e);
+    }
+    head_tx.send_replace(new_head.seq);
+    tracing::trace!(
+        from = head.seq + 1,
+        to = new_head.seq,
+        micros = started.elapsed().as_micros() as u64,
+        "event log append durable"
+    );
+    Ok(())
+}
+
+/// The events `from..=to`, clamped to the published head `head_seq` (`from` 0 reads as 1; an
+/// empty range is an empty vector), out of what `stored(from, to)` yields: the stored events
+/// from the entry holding `from` on. A hole is [`LogError::NonContiguous`].
+pub(crate) fn read_stored<I: Iterator<Item = Result<Event, Stored>>>(
+    head_seq: u64,
     from: u64,
     to: u64,
+    stored: impl FnOnce(u64, u64) -> Result<I, LogError>,
 ) -> Result<Vec<Event>, LogError> {
+    let from = from.max(1);
+    let to = to.min(head_seq);
+    if from > to {
+        return Ok(Vec::new());
+    }
+    let stored = stored(from, to)?;
     let capacity = usize::try_from(to - from + 1).unwrap_or(0).min(4096);
     let mut events = Vec::with_capacity(capacity);
     let mut expected = from;
