@@ -14,7 +14,7 @@ use std::fs::{self, File, OpenOptions, TryLockError};
 use std::io::ErrorKind;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
@@ -557,21 +557,15 @@ impl EventLog for SegmentLog {
         }
     }
 
-    fn append(&self, mut events: Vec<Event>) -> Result<Vec<Event>, LogError> {
+    fn append(&self, events: Vec<Event>) -> Result<Vec<Event>, LogError> {
         let mut writer = self.writer.lock()?;
-        if self.failed.load(Ordering::SeqCst) {
-            return Err(LogError::Failed);
-        }
-        if events.is_empty() {
-            return Ok(events);
-        }
         let head = self.head();
         append_durably(
             &self.dir,
             &self.failed,
             &self.head_tx,
             head,
-            &mut events,
+            events,
             |events| self.write_durably(&mut writer, head, events),
             |record, new_head| {
                 // Index and head in one assignment: readers see both or neither.
@@ -580,8 +574,7 @@ impl EventLog for SegmentLog {
                 state.head = new_head;
                 Ok(())
             },
-        )?;
-        Ok(events)
+        )
     }
 
     fn read_range(&self, from: u64, to: u64) -> Result<Vec<Event>, LogError> {

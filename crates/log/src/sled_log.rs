@@ -6,7 +6,7 @@ use std::ffi::OsString;
 use std::fs::{self, File, OpenOptions};
 use std::io::ErrorKind;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::AtomicBool;
 use std::sync::{Mutex, RwLock};
 use std::time::{Duration, Instant};
 
@@ -303,21 +303,15 @@ impl EventLog for SledLog {
         }
     }
 
-    fn append(&self, mut events: Vec<Event>) -> Result<Vec<Event>, LogError> {
+    fn append(&self, events: Vec<Event>) -> Result<Vec<Event>, LogError> {
         let mut writer = self.writer.lock()?;
-        if self.failed.load(Ordering::SeqCst) {
-            return Err(LogError::Failed);
-        }
-        if events.is_empty() {
-            return Ok(events);
-        }
         let head = self.head();
         append_durably(
             &self.dir,
             &self.failed,
             &self.head_tx,
             head,
-            &mut events,
+            events,
             |events| {
                 let new_head = stamp(head, events);
                 self.write_durably(&mut writer, events)?;
@@ -327,8 +321,7 @@ impl EventLog for SledLog {
                 *self.head.write()? = new_head;
                 Ok(())
             },
-        )?;
-        Ok(events)
+        )
     }
 
     fn read_range(&self, from: u64, to: u64) -> Result<Vec<Event>, LogError> {

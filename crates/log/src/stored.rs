@@ -105,21 +105,28 @@ pub(crate) fn check_run(
     Ok(())
 }
 
-/// An append of a non-empty batch after `head`, once the caller holds its writer lock and the
-/// log has not failed: `write` stamps `events` and makes them durable, `publish` makes the new
-/// head (with what `write` returned) visible to readers, then the head watch learns it. Any
-/// error marks the log failed (fail-stop) and publishes nothing.
+/// An append of `events` after `head`, once the caller holds its writer lock: refused with
+/// [`LogError::Failed`] if the log has failed, given back as is if empty; otherwise `write`
+/// stamps the events and makes them durable, `publish` makes the new head (with what `write`
+/// returned) visible to readers, then the head watch learns it, and the stamped events come
+/// back. Any error marks the log failed (fail-stop) and publishes nothing.
 pub(crate) fn append_durably<R>(
     dir: &Path,
     failed: &AtomicBool,
     head_tx: &watch::Sender<u64>,
     head: Head,
-    events: &mut [Event],
+    mut events: Vec<Event>,
     write: impl FnOnce(&mut [Event]) -> Result<(R, Head), LogError>,
     publish: impl FnOnce(R, Head) -> Result<(), LogError>,
-) -> Result<(), LogError> {
+) -> Result<Vec<Event>, LogError> {
+    if failed.load(Ordering::SeqCst) {
+        return Err(LogError::Failed);
+    }
+    if events.is_empty() {
+        return Ok(events);
+    }
     let started = Instant::now();
-    let (written, new_head) = match write(events) {
+    let (written, new_head) = match write(&mut events) {
         Ok(written) => written,
         Err(e) => {
             failed.store(true, Ordering::SeqCst);
@@ -144,7 +151,7 @@ pub(crate) fn append_durably<R>(
         micros = started.elapsed().as_micros() as u64,
         "event log append durable"
     );
-    Ok(())
+    Ok(events)
 }
 
 /// The events `from..=to`, clamped to the published head `head_seq` (`from` 0 reads as 1; an
