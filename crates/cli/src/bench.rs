@@ -1445,6 +1445,11 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         },
         fmt_duration(args.timeout)
     );
+    println!(
+        "amisim bench: async runtime: {} worker thread(s) {}",
+        tokio::runtime::Handle::current().metrics().num_workers(),
+        amisim_region::affinity::describe()
+    );
     for (i, mix) in args.mix.iter().enumerate() {
         match args.mix.len() {
             1 => println!("amisim bench: mix {mix}"),

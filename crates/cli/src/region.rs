@@ -9,7 +9,7 @@ use anyhow::Context;
 
 use crate::shutdown::{os_signal, Shutdown};
 
-/// Run one region node: its sled log under --data, the Ec2 and Region gRPC services on --listen.
+/// Run one region node: its event log under --data, the Ec2 and Region gRPC services on --listen.
 ///
 /// Prints `amisim region <name>: listening on <addr>` (the real port when --listen ends in :0).
 /// Restarting on the same --data replays the log and re-arms every pending timer.

@@ -199,3 +199,51 @@ async fn child_regions_survive_sigkill_and_hold_calls_under_sigstop() {
     cluster.shutdown().await.expect("shutdown");
     assert!(dir.path().join("us-east-1.log").is_file());
 }
+
+/// The CPUs a thread or process may run on (`/proc/<which>/status`).
+#[cfg(target_os = "linux")]
+fn cpus_of(which: &str) -> Vec<usize> {
+    let status = std::fs::read_to_string(format!("/proc/{which}/status")).unwrap();
+    let list = status
+        .lines()
+        .find_map(|l| l.strip_prefix("Cpus_allowed_list:"))
+        .unwrap();
+    amisim_region::affinity::parse_cpu_list(list)
+        .unwrap()
+        .into_iter()
+        .collect()
+}
+
+/// With the runtime pinned (`--runtime-cpus`), a child started from a runtime thread still
+/// gets every CPU of the process, not the pinned thread's.
+#[cfg(target_os = "linux")]
+#[tokio::test(flavor = "current_thread")]
+async fn a_child_started_from_a_pinned_runtime_gets_every_cpu_back() {
+    use amisim_region::affinity::{self, Placement, RuntimeCpus};
+    let binary = amisim_tests::process::amisim_bin().to_path_buf();
+    // The children would pin their own runtime (and main thread) with `auto`: `all` leaves
+    // their CPUs to what they inherit, which is what this test looks at. (Set before any
+    // other thread of this test process exists; nextest runs each test in its own process.)
+    std::env::set_var("AMISIM_RUNTIME_CPUS", "all");
+    let all = cpus_of("thread-self");
+    // This test's thread is its whole runtime: pin it to the first CPU.
+    let placement = affinity::plan(&RuntimeCpus::List(vec![all[0]]), 1);
+    assert!(
+        matches!(placement, Placement::Pinned { .. }),
+        "{placement:?}"
+    );
+    affinity::pin_runtime_thread();
+    assert_eq!(cpus_of("thread-self"), [all[0]]);
+
+    let dir = tempfile::tempdir().unwrap();
+    let mut spec = ClusterSpec::new(["us-east-1"], dir.path());
+    spec.mode = ClusterMode::Processes { binary };
+    spec.seed = 3;
+    let cluster = Cluster::start(spec).await.expect("children start");
+    let pids: Vec<u32> = cluster.nodes().into_iter().filter_map(|n| n.pid).collect();
+    assert!(!pids.is_empty(), "the children have pids");
+    for pid in pids {
+        assert_eq!(cpus_of(&pid.to_string()), all, "child {pid}");
+    }
+    cluster.shutdown().await.expect("shutdown");
+}

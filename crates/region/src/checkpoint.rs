@@ -287,6 +287,7 @@ impl Checkpointer {
         let thread = std::thread::Builder::new()
             .name(format!("amisim-checkpoint-{}", store.region))
             .spawn(move || {
+                crate::affinity::unpin_this_thread();
                 lower_this_threads_priority();
                 let mut last = last_seq;
                 loop {

@@ -39,6 +39,7 @@
 //!
 //! [`EventLog::append`]: amisim_log::EventLog::append
 
+pub mod affinity;
 pub mod audit;
 pub mod checkpoint;
 pub mod config;

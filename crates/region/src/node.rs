@@ -138,7 +138,10 @@ impl RegionNode {
         };
         let handle = std::thread::Builder::new()
             .name(format!("amisim-writer-{}", cfg.region))
-            .spawn(move || writer.run_blocking())
+            .spawn(move || {
+                crate::affinity::unpin_this_thread();
+                writer.run_blocking()
+            })
             .map_err(RegionError::Spawn)?;
         Ok(Arc::new(RegionNode {
             region: cfg.region,

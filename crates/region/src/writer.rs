@@ -309,8 +309,10 @@ impl Writer {
         let (commits, queued) = std::sync::mpsc::sync_channel(COMMIT_QUEUE);
         let committing = match std::thread::Builder::new()
             .name(format!("amisim-commit-{region}"))
-            .spawn(move || committer.run(queued))
-        {
+            .spawn(move || {
+                crate::affinity::unpin_this_thread();
+                committer.run(queued)
+            }) {
             Ok(handle) => handle,
             Err(e) => {
                 let why = format!("cannot start the writer's commit thread: {e}");

@@ -567,3 +567,65 @@ async fn a_follower_is_released_at_server_shutdown() {
         .expect("server did not stop")
         .unwrap();
 }
+
+/// The CPUs of each thread of this process named `prefix*` (`/proc/self/task/*`).
+#[cfg(target_os = "linux")]
+fn cpus_of_threads(prefix: &str) -> Vec<(String, Vec<usize>)> {
+    let mut out = Vec::new();
+    for task in std::fs::read_dir("/proc/self/task").unwrap().flatten() {
+        let Ok(comm) = std::fs::read_to_string(task.path().join("comm")) else {
+            continue;
+        };
+        if !comm.starts_with(prefix) {
+            continue;
+        }
+        let status = std::fs::read_to_string(task.path().join("status")).unwrap();
+        let list = status
+            .lines()
+            .find_map(|l| l.strip_prefix("Cpus_allowed_list:"))
+            .unwrap();
+        let cpus = amisim_region::affinity::parse_cpu_list(list).unwrap();
+        out.push((comm.trim().to_string(), cpus.into_iter().collect()));
+    }
+    out
+}
+
+/// With the runtime pinned (`--runtime-cpus`), a node started from a runtime thread runs its
+/// writer, commit thread and request recorder on every CPU of the process.
+#[cfg(target_os = "linux")]
+#[tokio::test(flavor = "current_thread")]
+async fn a_node_started_from_a_pinned_runtime_runs_its_threads_on_every_cpu() {
+    use amisim_region::affinity::{self, Placement, RuntimeCpus};
+    let all = cpus_of_threads("")
+        .into_iter()
+        .map(|(_, cpus)| cpus)
+        .max_by_key(Vec::len)
+        .unwrap();
+    let placement = affinity::plan(&RuntimeCpus::List(vec![all[0]]), 1);
+    assert!(
+        matches!(placement, Placement::Pinned { .. }),
+        "{placement:?}"
+    );
+    // This test's thread is its whole runtime.
+    affinity::pin_runtime_thread();
+    let (node, _clock) = virtual_node(Arc::new(MemoryLog::new()), 8);
+    let recorder = amisim_region::audit::requests::RequestRecorder::start(
+        "us-east-1",
+        Arc::new(MemoryLog::new()),
+        true,
+    )
+    .unwrap();
+    assert!(node.attach_requests(recorder));
+    // A thread names itself, and sets its CPUs, once it runs: each must show up with every
+    // CPU (a thread left on the pinned CPU fails the wait).
+    let names = ["amisim-writer", "amisim-commit", "amisim-requests"];
+    let on_every_cpu = || {
+        let threads = cpus_of_threads("amisim-");
+        names.iter().all(|name| {
+            threads
+                .iter()
+                .any(|(n, cpus)| n.starts_with(name) && *cpus == all)
+        })
+    };
+    wait_until("the node's threads on every CPU", 5, on_every_cpu).await;
+}

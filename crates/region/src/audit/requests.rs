@@ -764,7 +764,10 @@ impl RequestRecorder {
         };
         std::thread::Builder::new()
             .name(format!("amisim-requests-{region}"))
-            .spawn(move || drain.run())?;
+            .spawn(move || {
+                crate::affinity::unpin_this_thread();
+                drain.run()
+            })?;
         Ok(Arc::new(RequestRecorder {
             region: region.to_string(),
             log,
