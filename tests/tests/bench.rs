@@ -103,3 +103,50 @@ fn echo_only_and_usage_errors() {
     assert!(out.status.success());
     assert!(String::from_utf8_lossy(&out.stdout).contains("Usage: amisim bench"));
 }
+
+/// `--checkpoint-every` reaches the embedded node: 0 leaves only the checkpoint of its clean
+/// shutdown, a small N writes periodic ones too. The header says where the runtime runs.
+#[test]
+fn an_embedded_node_checkpoints_as_told_and_the_header_names_the_runtime_s_cpus() {
+    let checkpoints = |every: &str| {
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("us-east-1");
+        let out = run_amisim([
+            "bench",
+            "--embedded",
+            "--data",
+            data.to_str().unwrap(),
+            "--checkpoint-every",
+            every,
+            "--mix",
+            "register=100",
+            "--count",
+            "300",
+            "--concurrency",
+            "4",
+            "--echo-duration",
+            "0",
+            "--seed",
+            "3",
+        ]);
+        let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+        assert!(
+            out.status.success(),
+            "{stdout}\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(stdout.contains("amisim bench: async runtime: "), "{stdout}");
+        let n = std::fs::read_dir(data.join("checkpoints"))
+            .unwrap()
+            .flatten()
+            .filter(|e| e.file_name().to_string_lossy().ends_with(".bin"))
+            .count();
+        (n, stdout)
+    };
+    let (only_at_shutdown, _) = checkpoints("0");
+    assert_eq!(only_at_shutdown, 1);
+    let (periodic, stdout) = checkpoints("100");
+    assert!(periodic >= 2, "{periodic} checkpoint(s)\n{stdout}");
+    let out = run_amisim(["bench", "--checkpoint-every", "5"]);
+    assert_eq!(out.status.code(), Some(2), "needs --embedded");
+}

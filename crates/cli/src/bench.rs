@@ -83,6 +83,14 @@ pub struct BenchArgs {
     #[arg(long, value_name = "DIR", requires = "embedded")]
     pub data: Option<PathBuf>,
 
+    /// With --embedded: the node writes a projection checkpoint every N events (and at its
+    /// clean shutdown), as `amisim region --checkpoint-every`; 0: only at shutdown. Each one
+    /// encodes the whole state on a background thread, so a long RegisterImage run pays for
+    /// checkpoints of a growing state.
+    #[arg(long, value_name = "N", requires = "embedded",
+          default_value_t = amisim_region::StorageConfig::default().checkpoint_every)]
+    pub checkpoint_every: u64,
+
     /// With --embedded: the node's simulated seconds per wall second. Large, so snapshots of the
     /// preload complete at once (a 1 GiB snapshot takes ~22 simulated seconds).
     #[arg(long, value_name = "FACTOR", default_value_t = 1000.0, value_parser = parse_scale)]
@@ -1313,13 +1321,18 @@ async fn start_embedded(args: &BenchArgs, seed: u64) -> anyhow::Result<Embedded>
     };
     let listener = crate::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?;
-    let node = crate::region::start_node(
+    let node = crate::region::start_node_on(
         &args.region,
         &dir,
         args.time_scale,
         Some(seed),
         std::slice::from_ref(&args.region),
         None,
+        None,
+        amisim_region::StorageConfig {
+            checkpoint_every: args.checkpoint_every,
+            ..amisim_region::StorageConfig::default()
+        },
     )?;
     let shutdown = Shutdown::new();
     let server = tokio::spawn(amisim_region::serve(

@@ -143,30 +143,9 @@ fn parse_time_scale(s: &str) -> Result<f64, String> {
     }
 }
 
-/// Opens (or creates) a region's log under `dir` and starts its node. `known_regions`: every
-/// region of the deployment (the sources a copy may name).
-pub fn start_node(
-    name: &str,
-    dir: &Path,
-    time_scale: f64,
-    seed: Option<u64>,
-    known_regions: &[String],
-    accounts: Option<Arc<amisim_core::Accounts>>,
-) -> anyhow::Result<Arc<RegionNode>> {
-    let storage = amisim_region::StorageConfig::default();
-    start_node_on(
-        name,
-        dir,
-        time_scale,
-        seed,
-        known_regions,
-        accounts,
-        None,
-        storage,
-    )
-}
-
-/// As [`start_node`]; with `virtual_clock`, the node runs on it (moved forward to the node's
+/// Opens (or creates) a region's log under `dir` and starts its node with `storage`.
+/// `known_regions`: every region of the deployment (the sources a copy may name). With
+/// `virtual_clock`, the node runs on it (moved forward to the node's
 /// last logged event) instead of a scaled clock. The opening itself (log, signed digests,
 /// request log) is the lab's, which reopens the same directories after a node fault.
 #[allow(clippy::too_many_arguments)]
