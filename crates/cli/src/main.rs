@@ -217,11 +217,6 @@ pub(crate) async fn bind(addr: &str) -> anyhow::Result<tokio::net::TcpListener> 
     })
 }
 
-/// Turns transparent huge pages off for this process. The allocator asks for them, and each
-/// first touch of a huge page clears 2 MiB inside a page fault: on the durable RegisterImage
-/// load that was ~5 % of the CPU, in stalls of the commit thread that went straight into the
-/// tail latency (p99 11–12 ms with them, 7–8 ms without; docs/performance.md). Best effort: a
-/// kernel without the call leaves things as they were.
 /// A report piped into `head` (or any reader that stops early) ends the process quietly, as a
 /// Unix tool does, instead of `println!` panicking on the broken pipe. Only for the commands
 /// that print reports and serve nothing: Rust ignores SIGPIPE so that a server's write to a
@@ -235,6 +230,11 @@ fn die_quietly_on_a_closed_stdout() {
     }
 }
 
+/// Turns transparent huge pages off for this process. The allocator asks for them, and each
+/// first touch of a huge page clears 2 MiB inside a page fault: on the durable RegisterImage
+/// load that was ~5 % of the CPU, in stalls of the commit thread that went straight into the
+/// tail latency (p99 11–12 ms with them, 7–8 ms without; docs/performance.md). Best effort: a
+/// kernel without the call leaves things as they were.
 fn no_transparent_huge_pages() {
     #[cfg(target_os = "linux")]
     // SAFETY: prctl with PR_SET_THP_DISABLE takes plain integers and touches no memory of ours.

@@ -11,9 +11,10 @@
 //! So by default (`--runtime-cpus auto`) the runtime's threads run on the CPUs that serve no
 //! interrupt of a block device, when there are such CPUs and enough of them for the worker
 //! threads; the node's own threads (writer, commit thread, request recorder, checkpointer) and
-//! child processes keep every CPU the process had ([`unpin_this_thread`],
-//! [`allowed_cpus`]): they wait on the disk anyway. A machine whose disk has a queue per CPU
-//! (NVMe, multi-queue virtio) spreads its interrupts over all CPUs, and then nothing is pinned.
+//! child processes keep every CPU the process had ([`unpin_this_thread`], which the node's
+//! thread spawner calls, and [`child_gets_every_cpu`]): they wait on the disk anyway. A machine
+//! whose disk has a queue per CPU (NVMe, multi-queue virtio) spreads its interrupts over all
+//! CPUs, and then nothing is pinned.
 //!
 //! Linux only; elsewhere, and whenever sysfs or procfs cannot be read, nothing is pinned.
 
@@ -179,10 +180,34 @@ pub fn unpin_this_thread() {
     }
 }
 
-/// Every CPU of the process when the runtime's threads are pinned, for a child process to
-/// get back (it would inherit the pinned set of the thread that starts it); `None` when
-/// nothing is pinned.
-pub fn allowed_cpus() -> Option<&'static [usize]> {
+/// Makes a child started by `command` take back every CPU of the process (it would inherit
+/// the pinned CPUs of the runtime thread that starts it); nothing when nothing is pinned.
+#[cfg(target_os = "linux")]
+pub fn child_gets_every_cpu(command: &mut std::process::Command) {
+    use std::os::unix::process::CommandExt;
+    let Some(cpus) = allowed_cpus() else {
+        return;
+    };
+    let set = cpu_set(cpus);
+    // SAFETY: the closure runs in the child between fork and exec, where only
+    // async-signal-safe calls are allowed: it makes one system call on a set built before the
+    // fork, and allocates nothing.
+    unsafe {
+        command.pre_exec(move || {
+            if libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+pub fn child_gets_every_cpu(_command: &mut std::process::Command) {}
+
+/// Every CPU of the process when the runtime's threads are pinned (what a node thread or a
+/// child process gets back); `None` when nothing is pinned.
+fn allowed_cpus() -> Option<&'static [usize]> {
     RUNTIME_CPUS.get()?;
     PROCESS_CPUS.get().map(Vec::as_slice)
 }
@@ -315,7 +340,7 @@ fn current_cpus() -> Option<Vec<usize>> {
 
 /// A `cpu_set_t` of `cpus` (those beyond its size are left out).
 #[cfg(target_os = "linux")]
-pub fn cpu_set(cpus: &[usize]) -> libc::cpu_set_t {
+fn cpu_set(cpus: &[usize]) -> libc::cpu_set_t {
     let max = 8 * std::mem::size_of::<libc::cpu_set_t>();
     // SAFETY: a zeroed cpu_set_t is a valid empty set; CPU_SET stays within it (c < max).
     unsafe {

@@ -284,10 +284,8 @@ impl Checkpointer {
         last_seq: u64,
     ) -> io::Result<Checkpointer> {
         let (stop, stopped) = mpsc::channel();
-        let thread = std::thread::Builder::new()
-            .name(format!("amisim-checkpoint-{}", store.region))
-            .spawn(move || {
-                crate::affinity::unpin_this_thread();
+        let thread =
+            crate::spawn_node_thread(format!("amisim-checkpoint-{}", store.region), move || {
                 lower_this_threads_priority();
                 let mut last = last_seq;
                 loop {

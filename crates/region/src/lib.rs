@@ -66,6 +66,20 @@ pub use region_service::RegionService;
 pub use server::{serve, MAX_MESSAGE_BYTES};
 pub use writer::{NodeStatus, WriterStatsSnapshot};
 
+/// Starts one of a node's own threads (writer, commit thread, request recorder, checkpointer)
+/// named `name`. It first takes back every CPU of the process
+/// ([`affinity::unpin_this_thread`]): a thread inherits the CPUs of the thread that starts it,
+/// usually a runtime thread, which may be pinned (ADR 0014).
+pub(crate) fn spawn_node_thread<T: Send + 'static>(
+    name: String,
+    run: impl FnOnce() -> T + Send + 'static,
+) -> std::io::Result<std::thread::JoinHandle<T>> {
+    std::thread::Builder::new().name(name).spawn(move || {
+        affinity::unpin_this_thread();
+        run()
+    })
+}
+
 /// Lowers the calling thread's scheduling priority to `nice` (Linux; elsewhere nothing), for
 /// background threads whose work no caller waits for (checkpoints, request records): on a
 /// 2-core machine they otherwise take CPU from the request path at the worst moments.

@@ -136,13 +136,10 @@ impl RegionNode {
             stale: HashSet::new(),
             stats: stats.clone(),
         };
-        let handle = std::thread::Builder::new()
-            .name(format!("amisim-writer-{}", cfg.region))
-            .spawn(move || {
-                crate::affinity::unpin_this_thread();
-                writer.run_blocking()
-            })
-            .map_err(RegionError::Spawn)?;
+        let handle = crate::spawn_node_thread(format!("amisim-writer-{}", cfg.region), move || {
+            writer.run_blocking()
+        })
+        .map_err(RegionError::Spawn)?;
         Ok(Arc::new(RegionNode {
             region: cfg.region,
             seed,

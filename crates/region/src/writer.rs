@@ -307,21 +307,19 @@ impl Writer {
             stats: self.stats.clone(),
         };
         let (commits, queued) = std::sync::mpsc::sync_channel(COMMIT_QUEUE);
-        let committing = match std::thread::Builder::new()
-            .name(format!("amisim-commit-{region}"))
-            .spawn(move || {
-                crate::affinity::unpin_this_thread();
+        let committing =
+            match crate::spawn_node_thread(format!("amisim-commit-{region}"), move || {
                 committer.run(queued)
             }) {
-            Ok(handle) => handle,
-            Err(e) => {
-                let why = format!("cannot start the writer's commit thread: {e}");
-                tracing::error!(region = %region, error = %e, "region writer cannot start");
-                drop(self);
-                status.send_replace(NodeStatus::Failed(why));
-                return;
-            }
-        };
+                Ok(handle) => handle,
+                Err(e) => {
+                    let why = format!("cannot start the writer's commit thread: {e}");
+                    tracing::error!(region = %region, error = %e, "region writer cannot start");
+                    drop(self);
+                    status.send_replace(NodeStatus::Failed(why));
+                    return;
+                }
+            };
         let end = rt.block_on(self.run(commits));
         // `run` consumed the writer and hung up: the committer finishes what is queued, and
         // releases its log handle before anyone hears of the end.

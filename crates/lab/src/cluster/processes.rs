@@ -197,7 +197,8 @@ pub(crate) async fn spawn(inner: &Inner, node: &Node, binary: &Path) -> Result<C
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::from(stderr));
-    every_cpu(&mut command);
+    // Not the pinned CPUs of the runtime thread that starts it (ADR 0014).
+    amisim_region::affinity::child_gets_every_cpu(&mut command);
     let mut child = command.spawn().map_err(|e| {
         io_err(
             format!("cannot run {} {}", binary.display(), args.join(" ")),
@@ -271,31 +272,6 @@ pub(crate) async fn stop(node: &Node, mut run: ChildRun, clean: bool) -> Result<
     }
     Ok(())
 }
-
-/// A child gets every CPU of this process back: it would otherwise inherit the CPUs of the
-/// (pinned) runtime thread that starts it (`amisim_region::affinity`).
-#[cfg(target_os = "linux")]
-fn every_cpu(command: &mut Command) {
-    use std::os::unix::process::CommandExt;
-    let Some(cpus) = amisim_region::affinity::allowed_cpus() else {
-        return;
-    };
-    let set = amisim_region::affinity::cpu_set(cpus);
-    // SAFETY: the closure runs in the child between fork and exec, where only
-    // async-signal-safe calls are allowed: it makes one system call on a set built before the
-    // fork, and allocates nothing.
-    unsafe {
-        command.pre_exec(move || {
-            if libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) != 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
-}
-
-#[cfg(not(target_os = "linux"))]
-fn every_cpu(_command: &mut Command) {}
 
 #[cfg(test)]
 mod tests {

@@ -762,12 +762,7 @@ impl RequestRecorder {
                 }
             },
         };
-        std::thread::Builder::new()
-            .name(format!("amisim-requests-{region}"))
-            .spawn(move || {
-                crate::affinity::unpin_this_thread();
-                drain.run()
-            })?;
+        crate::spawn_node_thread(format!("amisim-requests-{region}"), move || drain.run())?;
         Ok(Arc::new(RequestRecorder {
             region: region.to_string(),
             log,
