@@ -18,14 +18,19 @@ use prost::Message;
 
 const N: u64 = 10;
 
+/// Without preallocation, so that a file ends with its last record and the tests below can
+/// find records and damage them by file length. Preallocation has its own tests at the end.
 fn opts() -> SegmentOptions {
-    SegmentOptions::default()
+    SegmentOptions {
+        preallocate_bytes: 0,
+        ..SegmentOptions::default()
+    }
 }
 
 fn no_verify() -> SegmentOptions {
     SegmentOptions {
         verify_on_open: false,
-        ..SegmentOptions::default()
+        ..opts()
     }
 }
 
@@ -131,6 +136,7 @@ fn an_empty_log_reopens_empty() {
 #[test]
 fn segments_roll_and_reads_cross_them() {
     let tmp = tempfile::tempdir().unwrap();
+    // Preallocation on: a full segment's zeros are cut when the next one starts.
     let small = SegmentOptions {
         segment_bytes: 2000,
         ..SegmentOptions::default()
@@ -147,13 +153,29 @@ fn segments_roll_and_reads_cross_them() {
     };
     let files = segment_files(tmp.path());
     assert!(files.len() >= 4, "{} segments", files.len());
-    // Each file is named after the first seq of its first record; sizes stay near the limit.
-    for f in &files {
+    // Each file is named after the first seq of its first record; sizes stay near the limit,
+    // and every segment but the last ends with its last record (its preallocated space was cut
+    // when the next one started); the last one's preallocated space is zeros.
+    for (i, f) in files.iter().enumerate() {
         let bytes = std::fs::read(f).unwrap();
         let first_seq = u64::from_le_bytes(bytes[24..32].try_into().unwrap());
         let name = f.file_stem().unwrap().to_str().unwrap();
         assert_eq!(name, format!("{first_seq:020}"));
-        assert!(bytes.len() < 2000 + 2000, "{} bytes", bytes.len());
+        let end = records_end(&bytes);
+        assert!(end < 2000 + 2000, "{end} bytes of records");
+        if i + 1 < files.len() {
+            assert_eq!(
+                end,
+                bytes.len(),
+                "{} goes on after its records",
+                f.display()
+            );
+        } else {
+            // Extended by 1 MiB past its first record, filled since.
+            let pre = SegmentOptions::default().preallocate_bytes;
+            assert!(bytes.len() > end && bytes.len() as u64 <= end as u64 + pre);
+            assert!(bytes[end..].iter().all(|&b| b == 0));
+        }
     }
     for opts in [small.clone(), opts()] {
         let log = SegmentLog::open(tmp.path(), &opts).unwrap();
@@ -372,8 +394,17 @@ fn a_last_record_with_a_bad_checksum_is_a_torn_tail() {
     check_torn_tail(tmp.path(), valid, head);
 }
 
+/// Where the records of a segment file end: at the end of the file or at a header of zeros.
+fn records_end(bytes: &[u8]) -> usize {
+    let mut pos = 16;
+    while pos + 20 <= bytes.len() && bytes[pos..pos + 20] != [0u8; 20] {
+        pos += 20 + u32::from_le_bytes(bytes[pos..pos + 4].try_into().unwrap()) as usize;
+    }
+    pos
+}
+
 #[test]
-fn zero_bytes_after_the_last_record_are_a_torn_tail() {
+fn zero_bytes_after_the_last_record_are_free_space() {
     let tmp = tempfile::tempdir().unwrap();
     let (_, full, _) = two_records(tmp.path());
     let seg = only_segment(tmp.path());
@@ -397,7 +428,132 @@ fn zero_bytes_after_the_last_record_are_a_torn_tail() {
         log.append(events(1, 3)).unwrap();
         log.head()
     };
-    check_torn_tail(tmp.path(), valid, head);
+    // What a crash leaves in preallocated space, or preallocated space itself: not a torn
+    // record, so no warning; the file is left alone and the next append writes into the zeros.
+    let (log, warning) = logged(|| SegmentLog::open(tmp.path(), &opts()).unwrap());
+    assert!(!warning.contains("WARN"), "{warning}");
+    assert_eq!(log.head(), head);
+    assert_eq!(std::fs::read(&seg).unwrap(), bytes, "open changed the file");
+    let s = log.append(events(100, 1)).unwrap();
+    assert_eq!(seqs(&s), vec![4]);
+    let after = std::fs::read(&seg).unwrap();
+    assert_eq!(
+        after.len(),
+        bytes.len(),
+        "the append did not go into the zeros"
+    );
+    assert_eq!(&after[..valid as usize], &bytes[..valid as usize]);
+    assert_eq!(
+        records_end(&after),
+        valid as usize
+            + 20
+            + u32::from_le_bytes(
+                after[valid as usize..valid as usize + 4]
+                    .try_into()
+                    .unwrap()
+            ) as usize
+    );
+    drop(log);
+    let log = SegmentLog::open(tmp.path(), &opts()).unwrap();
+    assert_eq!(log.verify().unwrap().seq, 4);
+    assert_eq!(seqs(&log.read_range(1, 100).unwrap()), vec![1, 2, 3, 4]);
+}
+
+// ---- preallocation ----
+
+#[test]
+fn appends_go_into_preallocated_zeros_and_a_reopen_continues_there() {
+    let tmp = tempfile::tempdir().unwrap();
+    let pre = SegmentOptions {
+        preallocate_bytes: 64 * 1024,
+        ..SegmentOptions::default()
+    };
+    let log = SegmentLog::open(tmp.path(), &pre).unwrap();
+    log.append(events(1, 3)).unwrap();
+    let seg = only_segment(tmp.path());
+    let bytes = std::fs::read(&seg).unwrap();
+    let first_end = records_end(&bytes);
+    // The first append extended the file by the record and 64 KiB of zeros.
+    assert_eq!(bytes.len(), first_end + 64 * 1024);
+    assert!(bytes[first_end..].iter().all(|&b| b == 0));
+    log.append(events(4, 2)).unwrap();
+    let bytes = std::fs::read(&seg).unwrap();
+    assert_eq!(
+        bytes.len(),
+        first_end + 64 * 1024,
+        "the second append grew the file"
+    );
+    let end = records_end(&bytes);
+    assert!(end > first_end);
+    let head = log.head();
+    drop(log);
+
+    let (log, warning) = logged(|| SegmentLog::open(tmp.path(), &pre).unwrap());
+    assert!(!warning.contains("WARN"), "{warning}");
+    assert_eq!(log.head(), head);
+    assert_eq!(log.verify().unwrap(), head);
+    assert_eq!(std::fs::read(&seg).unwrap(), bytes, "open changed the file");
+    // Appends go on where the records end, inside the file, until it is full; then one
+    // extends it again by a record and the zeros after it.
+    let mut seq = 6;
+    while std::fs::metadata(&seg).unwrap().len() == bytes.len() as u64 {
+        log.append(events(seq, 50)).unwrap();
+        seq += 50;
+        let now = std::fs::read(&seg).unwrap();
+        assert_eq!(&now[..end], &bytes[..end]);
+    }
+    let now = std::fs::read(&seg).unwrap();
+    let records = records_end(&now);
+    assert_eq!(now.len(), records + 64 * 1024);
+    drop(log);
+    let log = SegmentLog::open(tmp.path(), &opts()).unwrap();
+    assert_eq!(log.verify().unwrap().seq, seq - 1);
+    assert_eq!(
+        seqs(&log.read_range(1, seq - 1).unwrap()),
+        (1..seq).collect::<Vec<_>>()
+    );
+}
+
+#[test]
+fn a_torn_record_before_preallocated_zeros_is_a_torn_tail() {
+    let tmp = tempfile::tempdir().unwrap();
+    let pre = SegmentOptions::default();
+    let log = SegmentLog::open(tmp.path(), &pre).unwrap();
+    log.append(events(1, 3)).unwrap();
+    let head = log.head();
+    let seg = only_segment(tmp.path());
+    let valid = records_end(&std::fs::read(&seg).unwrap());
+    log.append(events(4, 2)).unwrap();
+    drop(log);
+    // The second record half written when the machine stopped: its second half still zeros.
+    let mut bytes = std::fs::read(&seg).unwrap();
+    let end = records_end(&bytes);
+    for b in &mut bytes[(valid + end) / 2..end] {
+        *b = 0;
+    }
+    std::fs::write(&seg, &bytes).unwrap();
+
+    let (log, warning) = logged(|| SegmentLog::open(tmp.path(), &pre).unwrap());
+    assert!(warning.contains("WARN"), "no warning: {warning:?}");
+    assert!(warning.contains(&format!("offset={valid}")), "{warning}");
+    assert_eq!(log.head(), head);
+    assert_eq!(log.verify().unwrap(), head);
+    assert_eq!(std::fs::read(&seg).unwrap(), bytes, "open changed the file");
+    // The next append cuts the torn record off and writes in its place.
+    let s = log.append(events(100, 1)).unwrap();
+    assert_eq!(seqs(&s), vec![4]);
+    assert_eq!(s[0].prev_hash, head.hash.to_vec());
+    let after = std::fs::read(&seg).unwrap();
+    assert_eq!(&after[..valid], &bytes[..valid]);
+    let new_end = records_end(&after);
+    assert!(
+        after[new_end..].iter().all(|&b| b == 0),
+        "torn bytes left behind"
+    );
+    drop(log);
+    let (log, warning) = logged(|| SegmentLog::open(tmp.path(), &pre).unwrap());
+    assert!(!warning.contains("WARN"), "{warning}");
+    assert_eq!(seqs(&log.read_range(1, 100).unwrap()), vec![1, 2, 3, 4]);
 }
 
 #[test]
