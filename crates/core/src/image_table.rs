@@ -113,6 +113,22 @@ impl ImageTable {
         self.iter().map(|(_, image)| image)
     }
 
+    /// The images by slot, from the first slot in use, when the slots in use are dense enough
+    /// (at most twice as many slot numbers as images) for a vector of them to be small.
+    fn slot_vec(&self) -> Option<(u64, Vec<Option<&Arc<Image>>>)> {
+        let &(first, _) = self.slots.get_min()?;
+        let &(last, _) = self.slots.get_max()?;
+        let span = usize::try_from(last - first).ok()?.checked_add(1)?;
+        if span > self.slots.len().saturating_mul(2) {
+            return None;
+        }
+        let mut by_slot = vec![None; span];
+        for (slot, image) in self.slots.iter() {
+            by_slot[(slot - first) as usize] = Some(image);
+        }
+        Some((first, by_slot))
+    }
+
     /// Images in creation order: a scan that does not need id order (a count, an `any`) reads
     /// the images without the index. Anything whose result depends on the order (events,
     /// messages naming an image, pages) uses [`ImageTable::values`]: slots are numbered afresh
@@ -154,8 +170,25 @@ impl fmt::Debug for ImageTable {
 impl Serialize for ImageTable {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         let mut map = serializer.serialize_map(Some(self.len()))?;
-        for (id, image) in self.iter() {
-            map.serialize_entry(id, image)?;
+        match self.slot_vec() {
+            // One walk of each map instead of a search of the slot map per image: a checkpoint
+            // of a million images encodes in a fraction of the time.
+            Some((first, by_slot)) => {
+                for (id, slot) in self.index.iter() {
+                    let image = slot
+                        .checked_sub(first)
+                        .and_then(|i| by_slot.get(i as usize).copied().flatten())
+                        .or_else(|| self.slots.get(slot));
+                    if let Some(image) = image {
+                        map.serialize_entry(id, image)?;
+                    }
+                }
+            }
+            None => {
+                for (id, image) in self.iter() {
+                    map.serialize_entry(id, image)?;
+                }
+            }
         }
         map.end()
     }
@@ -411,6 +444,39 @@ mod tests {
         let back: ImageTable = bincode::deserialize(&bytes).unwrap();
         assert_eq!(back, t);
         assert_eq!(back.values_unordered().count(), 3);
+    }
+
+    #[test]
+    fn the_encoding_is_the_same_with_dense_and_sparse_slots() {
+        // 40 images, then all but 6 removed: the slots in use span more than twice as many
+        // numbers as there are images, so the encoder searches the slot map per image instead
+        // of walking it into a vector. Both read as the id-ordered map.
+        let mut t = ImageTable::new();
+        for k in (0..40u64).rev() {
+            let id = format!("ami-{:017x}", k * 7919 % 40);
+            t.insert(id.as_str().into(), image(&id, OWNER, &id));
+        }
+        let dense = bincode::serialize(&t).unwrap();
+        assert!(t.slot_vec().is_some(), "40 images in 40 slots are dense");
+        let as_map = |t: &ImageTable| -> OrdMap<InlineId, Arc<Image>> {
+            t.iter().map(|(k, v)| (k.clone(), v.clone())).collect()
+        };
+        assert_eq!(dense, bincode::serialize(&as_map(&t)).unwrap());
+        let keep: Vec<InlineId> = t.keys().step_by(7).cloned().collect();
+        for id in t.keys().cloned().collect::<Vec<_>>() {
+            if !keep.contains(&id) {
+                t.remove(id.as_str());
+            }
+        }
+        assert_eq!(t.len(), 6);
+        assert!(
+            t.slot_vec().is_none(),
+            "6 images spread over the 40 slots are sparse"
+        );
+        let sparse = bincode::serialize(&t).unwrap();
+        assert_eq!(sparse, bincode::serialize(&as_map(&t)).unwrap());
+        let back: ImageTable = bincode::deserialize(&sparse).unwrap();
+        assert_eq!(back, t);
     }
 
     #[test]

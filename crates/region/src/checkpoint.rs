@@ -152,10 +152,15 @@ impl CheckpointStore {
                 .create(true)
                 .truncate(true)
                 .open(&tmp)?;
-            let mut out = HashingWriter {
-                inner: BufWriter::with_capacity(1 << 20, file),
-                hasher: Sha256::new(),
-            };
+            // The buffer sits above the hashing: bincode's many small writes are copies into
+            // the buffer, and the hash and the file see it a megabyte at a time.
+            let mut out = BufWriter::with_capacity(
+                1 << 20,
+                HashingWriter {
+                    inner: file,
+                    hasher: Sha256::new(),
+                },
+            );
             out.write_all(MAGIC)?;
             out.write_all(&CHECKPOINT_VERSION.to_le_bytes())?;
             let body = BodyRef {
@@ -165,10 +170,11 @@ impl CheckpointStore {
                 state,
             };
             bincode::serialize_into(&mut out, &body).map_err(io::Error::other)?;
-            let sum = out.hasher.finalize();
-            let mut inner = out.inner;
-            inner.write_all(&sum)?;
-            let file = inner.into_inner().map_err(|e| e.into_error())?;
+            let HashingWriter {
+                inner: mut file,
+                hasher,
+            } = out.into_inner().map_err(|e| e.into_error())?;
+            file.write_all(&hasher.finalize())?;
             file.sync_all()?;
         }
         fs::rename(&tmp, &path)?;
