@@ -230,6 +230,24 @@ struct Writer {
     buf: Vec<u8>,
 }
 
+impl Writer {
+    /// Cuts the segment's file at `end` (what follows is a torn record or preallocated zeros)
+    /// and makes that durable.
+    fn cut_at_end(&mut self, what: &str) -> Result<(), LogError> {
+        let path = &self.segment.path;
+        self.segment
+            .file
+            .set_len(self.end)
+            .map_err(|e| io_error(e, what, path))?;
+        self.segment
+            .file
+            .sync_all()
+            .map_err(|e| io_error(e, "cannot fsync", path))?;
+        self.allocated = self.end;
+        Ok(())
+    }
+}
+
 /// The 20 bytes in front of every record's payload.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct RecordHeader {
@@ -493,32 +511,18 @@ impl SegmentLog {
         if w.torn {
             // The unacknowledged tail found at open goes before anything follows it (a roll
             // included: only the last segment may end in a torn record).
-            let path = &w.segment.path;
-            w.segment
-                .file
-                .set_len(w.end)
-                .map_err(|e| io_error(e, "cannot truncate the torn tail of", path))?;
-            w.segment
-                .file
-                .sync_all()
-                .map_err(|e| io_error(e, "cannot fsync", path))?;
-            tracing::info!(file = %path.display(), len = w.end, "event log: torn tail truncated");
+            w.cut_at_end("cannot truncate the torn tail of")?;
+            tracing::info!(
+                file = %w.segment.path.display(),
+                len = w.end,
+                "event log: torn tail truncated"
+            );
             w.torn = false;
-            w.allocated = w.end;
         }
         if w.end > SEGMENT_HEADER_LEN && w.end >= self.segment_bytes {
             if w.allocated > w.end {
                 // Only the last segment may end in zeros: the full one ends with its records.
-                let path = &w.segment.path;
-                w.segment
-                    .file
-                    .set_len(w.end)
-                    .map_err(|e| io_error(e, "cannot cut the preallocated space of", path))?;
-                w.segment
-                    .file
-                    .sync_all()
-                    .map_err(|e| io_error(e, "cannot fsync", path))?;
-                w.allocated = w.end;
+                w.cut_at_end("cannot cut the preallocated space of")?;
             }
             self.roll(w, first_seq)?;
         }
