@@ -141,8 +141,10 @@ impl From<&SledOptions> for SegmentOptions {
 /// rest of it should be) or with a wrong checksum. [`SegmentLog::open`] leaves such a tail out
 /// of the log (with a warning naming the file, offset and bytes) without touching the file;
 /// the first append after the open truncates the file to its valid length before writing.
-/// Zero bytes after the last whole record are preallocated space, not damage: no warning, and
-/// appends write into them. Anywhere else the same damage is corruption ([`LogError::Corrupt`]).
+/// Written inside preallocated space, the torn record can also be a header of zeros followed by
+/// the part of it that reached the disk. Zero bytes after the last whole record are
+/// preallocated space, not damage: no warning, and appends write into them. Anywhere else the
+/// same damage is corruption ([`LogError::Corrupt`]).
 ///
 /// A record's length is protected by the record's checksum only, so open makes sure a damaged
 /// length is not taken for a torn tail (which would drop the acknowledged records after it at
@@ -853,7 +855,13 @@ fn scan_segment(
         }
         let mut raw = [0u8; RECORD_HEADER_LEN];
         read_at(segment, &mut raw, pos)?;
-        if is_last && raw == [0u8; RECORD_HEADER_LEN] && zeros_to_end(segment, pos, file_len)? {
+        if is_last && raw == [0u8; RECORD_HEADER_LEN] && !zeros_to_end(segment, pos, file_len)? {
+            // Written inside preallocated space, a record can reach the disk in part: its later
+            // pages without the one holding its header. No acknowledged record has a header of
+            // zeros, so this is the unacknowledged last write.
+            return ends_with("a record header of zero bytes, then other bytes");
+        }
+        if is_last && raw == [0u8; RECORD_HEADER_LEN] {
             // Preallocated space (or space a crash left allocated but unwritten): the records
             // end here. No real record is all zeros (count is at least 1). The record before
             // the zeros is the last one written, the only one a crash can have torn: check it

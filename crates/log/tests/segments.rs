@@ -515,6 +515,45 @@ fn appends_go_into_preallocated_zeros_and_a_reopen_continues_there() {
 }
 
 #[test]
+fn a_record_whose_header_page_was_not_written_is_a_torn_tail() {
+    // Inside preallocated space a crash can keep a record's later bytes but not the page with
+    // its header: zeros, then the rest of the record, then zeros.
+    let tmp = tempfile::tempdir().unwrap();
+    let pre = SegmentOptions::default();
+    let log = SegmentLog::open(tmp.path(), &pre).unwrap();
+    log.append(events(1, 3)).unwrap();
+    let head = log.head();
+    let seg = only_segment(tmp.path());
+    let valid = records_end(&std::fs::read(&seg).unwrap());
+    log.append(events(4, 2)).unwrap();
+    drop(log);
+    let mut bytes = std::fs::read(&seg).unwrap();
+    for b in &mut bytes[valid..valid + 20] {
+        *b = 0;
+    }
+    std::fs::write(&seg, &bytes).unwrap();
+
+    let (log, warning) = logged(|| SegmentLog::open(tmp.path(), &pre).unwrap());
+    assert!(warning.contains("WARN"), "no warning: {warning:?}");
+    assert!(warning.contains(&format!("offset={valid}")), "{warning}");
+    assert_eq!(log.head(), head);
+    assert_eq!(std::fs::read(&seg).unwrap(), bytes, "open changed the file");
+    let s = log.append(events(100, 1)).unwrap();
+    assert_eq!(seqs(&s), vec![4]);
+    let after = std::fs::read(&seg).unwrap();
+    let new_end = records_end(&after);
+    assert!(
+        after[new_end..].iter().all(|&b| b == 0),
+        "torn bytes left behind"
+    );
+    drop(log);
+    let (log, warning) = logged(|| SegmentLog::open(tmp.path(), &pre).unwrap());
+    assert!(!warning.contains("WARN"), "{warning}");
+    assert_eq!(log.verify().unwrap().seq, 4);
+    assert_eq!(seqs(&log.read_range(1, 100).unwrap()), vec![1, 2, 3, 4]);
+}
+
+#[test]
 fn a_torn_record_before_preallocated_zeros_is_a_torn_tail() {
     let tmp = tempfile::tempdir().unwrap();
     let pre = SegmentOptions::default();
