@@ -41,7 +41,7 @@
 //! region): an audit answer that silently left a region out would be worse than none. A merged
 //! stream whose node stream breaks once it is open (the node restarted, was killed or cut off)
 //! reopens that region's stream by itself from the seq after the last event it received, for up
-//! to a minute of failures in a row ([`run_lane`]); only then it ends with UNAVAILABLE and the
+//! to a minute of failures in a row (`run_lane`); only then it ends with UNAVAILABLE and the
 //! `from_seqs` to resume from.
 //!
 //! # Authentication

@@ -22,7 +22,7 @@
 //! deregistered (image) or deleted (snapshot) before the start cancels the copy: StartCopy then
 //! writes nothing.
 //!
-//! [sim] Assumptions named here and in the tests: a copy takes one of the 20 in-flight slots
+//! `[sim]` Assumptions named here and in the tests: a copy takes one of the 20 in-flight slots
 //! whether it copies a snapshot or an image; every copy moves the full snapshot (no incremental
 //! lineage).
 //!
@@ -293,7 +293,7 @@ pub fn copy_duration_ms(
 }
 
 /// A time-based copy's duration: the requested minutes, or longer if the bytes do not fit at
-/// the per-snapshot ceiling (500 MiB/s). [sim] The 2,000 MiB/s per region pair is not modelled.
+/// the per-snapshot ceiling (500 MiB/s). `[sim]` The 2,000 MiB/s per region pair is not modelled.
 pub fn time_based_ms(config: &Config, minutes: i32, bytes: u64) -> u64 {
     let wanted = u64::try_from(minutes).unwrap_or(0).saturating_mul(60_000);
     let fastest = bytes.saturating_mul(1000) / config.copy_time_based_bytes_per_s.max(1);
@@ -342,7 +342,7 @@ fn check_kms_dependency(kms_key_id: &str, encrypted: Option<bool>) -> Ec2Result<
     Ok(())
 }
 
-/// [sim] Outposts and Local Zones are not simulated.
+/// `[sim]` Outposts and Local Zones are not simulated.
 fn check_destination(params: &[(&str, &str)]) -> Ec2Result<()> {
     match params.iter().find(|(_, v)| !v.is_empty()) {
         Some((name, value)) => Err(Ec2Error::new(
@@ -477,7 +477,7 @@ fn check_source_image<'s>(
 }
 
 /// Checks a snapshot as a copy source for `account` (EC2_SEMANTICS.md §5.4): visible,
-/// `completed` ([unconfirmed] `IncorrectState`), no `Encrypted=false` on an encrypted source.
+/// `completed` (`[unconfirmed]` `IncorrectState`), no `Encrypted=false` on an encrypted source.
 fn check_source_snapshot<'s>(
     state: &'s State,
     account: &str,
@@ -1325,7 +1325,7 @@ fn start_snapshot_copy(
 
 /// What a pending image's due `ImageAvailable` timer fires: `ImageAvailable`, except for a copy
 /// one of whose snapshots failed (or is gone): `ImageFailed` `Client.InternalError`
-/// (EC2_SEMANTICS.md §10.2). [sim] Its completed snapshots stay.
+/// (EC2_SEMANTICS.md §10.2). `[sim]` Its completed snapshots stay.
 pub fn image_due(state: &State, img: &Image) -> Payload {
     let broken = img.registered.origin == "copy"
         && img.snapshot_ids().any(|id| {

@@ -13,7 +13,7 @@
 //! account. The resource records the key ARN. Toggling the settings never changes existing
 //! resources.
 //!
-//! [sim] A key of an existing resource that KMS never recorded in this region (a log written
+//! `[sim]` A key of an existing resource that KMS never recorded in this region (a log written
 //! before KMS was simulated, or a hand-made test fixture) counts as usable by anyone who may
 //! read the resource; a recorded key — deleted ones included — is checked.
 
@@ -51,7 +51,7 @@ pub fn by_default(state: &State, account: &str) -> bool {
 }
 
 /// The default key as GetEbsDefaultKmsKeyId shows it: the key set by ModifyEbsDefaultKmsKeyId,
-/// else the AWS managed key's alias ARN ([unconfirmed] format, EC2_SEMANTICS.md §5.14).
+/// else the AWS managed key's alias ARN (`[unconfirmed]` format, EC2_SEMANTICS.md §5.14).
 pub fn default_key_shown(state: &State, region: &str, account: &str) -> String {
     let s = settings(state, account);
     if s.default_kms_key_id.is_empty() {
@@ -82,7 +82,7 @@ pub fn requested_key(
 
 /// Whether `account` may read a resource of this region encrypted under `key` (an ARN as the
 /// resource recorded it): the key, if KMS recorded it, must be usable by the account. A key KMS
-/// never recorded passes ([sim], see the module doc).
+/// never recorded passes (`[sim]`, see the module doc).
 pub fn resource_key_usable(
     state: &State,
     region: &str,
@@ -156,11 +156,11 @@ pub fn volume_key(
 /// | unencrypted | true | omitted | destination default key |
 /// | any | true | K | K |
 /// | encrypted, own, same region | omitted/true | omitted | the source's key |
-/// | encrypted, own, other region | omitted/true | omitted | destination default key [unconfirmed] |
+/// | encrypted, own, other region | omitted/true | omitted | destination default key `[unconfirmed]` |
 /// | encrypted, shared | omitted/true | omitted | the requester's destination default key |
 ///
 /// `Encrypted=false` on an encrypted source is refused before (`InvalidRequest`); on an
-/// unencrypted source it is the first row, or the second with EBD on ([sim]: EBD cannot be
+/// unencrypted source it is the first row, or the second with EBD on (`[sim]`: EBD cannot be
 /// opted out of). A key that is missing, of another region, not `Enabled` or whose policy does
 /// not admit the requester is a [`KeyProblem`]: the copy fails. (Read access to the source's
 /// key is checked where the source is read, in its region.)
@@ -190,7 +190,7 @@ pub fn copy_key(
 }
 
 /// The error CreateVolume answers for a key it cannot use (EC2_SEMANTICS.md §7: the synchronous
-/// path). [unconfirmed] wording.
+/// path). `[unconfirmed]` wording.
 pub fn key_revoked(problem: KeyProblem) -> Ec2Error {
     let why = match problem {
         KeyProblem::NotFound => "does not exist in this region",

@@ -62,7 +62,8 @@ pub fn wildcard_match(pattern: &str, value: &str) -> bool {
 
 /// Checks every filter name against the names a Describe supports (plus `tag:<key>` and
 /// `tag-key`): an unknown one gets `InvalidParameterValue` `The filter '<name>' is invalid`
-/// ([unconfirmed] code, EC2_SEMANTICS.md §4.6). A filter without values is `InvalidParameterValue` too.
+/// (`[unconfirmed]` code, EC2_SEMANTICS.md §4.6). A filter without values is
+/// `InvalidParameterValue` too.
 pub fn check_filters(filters: &[Filter], known: &[&str]) -> Ec2Result<()> {
     for f in filters {
         let ok = known.contains(&f.name.as_str())

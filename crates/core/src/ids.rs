@@ -67,7 +67,7 @@ pub fn check_image_id(id: &str) -> Result<(), Ec2Error> {
     }
 }
 
-/// Checks a snapshot id. [sim] `InvalidParameterValue` everywhere (EC2_SEMANTICS.md §1).
+/// Checks a snapshot id. `[sim]` `InvalidParameterValue` everywhere (EC2_SEMANTICS.md §1).
 pub fn check_snapshot_id(param: &str, id: &str) -> Result<(), Ec2Error> {
     if is_valid(Kind::Snapshot, id) {
         Ok(())

@@ -126,7 +126,7 @@ fn check_enum(param: &str, value: &str, allowed: &[&str]) -> Ec2Result<()> {
     }
 }
 
-/// A kernel (`aki-`) or ramdisk (`ari-`) id, if given. [sim] Kernel images are not simulated:
+/// A kernel (`aki-`) or ramdisk (`ari-`) id, if given. `[sim]` Kernel images are not simulated:
 /// only the form is checked.
 fn check_aux_id(param: &str, id: &str, prefix: &str) -> Ec2Result<()> {
     let ok = id.is_empty()
@@ -192,7 +192,7 @@ fn check_name_free(state: &State, owner: &str, name: &str) -> Ec2Result<()> {
 }
 
 /// The AMI quota (EC2_SEMANTICS.md §6): pending, available, failed and disabled images count,
-/// deregistered ones do not. [unconfirmed] code `ResourceLimitExceeded`.
+/// deregistered ones do not. `[unconfirmed]` code `ResourceLimitExceeded`.
 pub(crate) fn check_image_quota(state: &State, ctx: &Ctx<'_>) -> Ec2Result<()> {
     let owned = state.images_owned(ctx.account_id);
     if owned >= ctx.config.max_images {
@@ -239,7 +239,7 @@ fn to_i64(n: u64) -> i64 {
 // -------------------------------------------------------------------------------------------
 
 /// True if an S3 manifest path looks readable: `<bucket>/<path>/….manifest.xml` with a valid
-/// bucket name. [sim] S3 is not simulated; this stands for "the manifest could be read".
+/// bucket name. `[sim]` S3 is not simulated; this stands for "the manifest could be read".
 fn manifest_readable(location: &str) -> bool {
     let parts: Vec<&str> = location.split('/').collect();
     let Some((bucket, key)) = parts.split_first() else {
@@ -653,7 +653,7 @@ fn snapshot_slots(volume_type: &str) -> usize {
 /// CreateImage (EC2_SEMANTICS.md §5.2): a `pending` EBS-backed image of a running or stopped
 /// instance, one `pending` snapshot per attached EBS volume (after a 60 s shutdown/restart
 /// unless `no_reboot` or the instance is stopped), `available` when the last snapshot completes.
-/// [sim] The instance's own state is not changed by the reboot.
+/// `[sim]` The instance's own state is not changed by the reboot.
 pub fn create_image(
     state: &State,
     ctx: &mut Ctx<'_>,
@@ -872,7 +872,7 @@ fn used_by_other_image(state: &State, snapshot_id: &str, except: &str) -> bool {
 
 /// DeregisterImage (EC2_SEMANTICS.md §5.6): the owner's image becomes `deregistered` (visible
 /// to the owner for `deregistered_linger_ms`, then forgotten); its name is free at once.
-/// Snapshots stay unless `delete_associated_snapshots`; [sim] a pending CreateImage's pending
+/// Snapshots stay unless `delete_associated_snapshots`; `[sim]` a pending CreateImage's pending
 /// snapshots are deleted (the capture stops).
 pub fn deregister_image(
     state: &State,
@@ -1059,7 +1059,7 @@ fn filter_values(img: &Image, name: &str) -> Vec<String> {
 }
 
 /// Renders an image as DescribeImages shows it to `ctx.account_id`: tags and
-/// `LastLaunchedTime` for the owner only ([sim]); `LastLaunchedTime` counts launches at least
+/// `LastLaunchedTime` for the owner only (`[sim]`); `LastLaunchedTime` counts launches at least
 /// 24 h old (EC2 reports them with that delay).
 pub fn render_image(state: &State, img: &Image, ctx: &ReadCtx<'_>) -> pb::Image {
     let d = &img.registered;
@@ -1141,7 +1141,7 @@ pub fn render_image(state: &State, img: &Image, ctx: &ReadCtx<'_>) -> pb::Image 
 /// DescribeImages (EC2_SEMANTICS.md §5.8): by default the caller's images, public ones and
 /// ones shared with the caller, in id order, paginated. Explicit ids must all be visible
 /// (`InvalidAMIID.NotFound` naming the others). Disabled images only with `include_disabled`;
-/// deregistered ones stay visible to their owner until forgotten. [sim] Deprecation is not
+/// deregistered ones stay visible to their owner until forgotten. `[sim]` Deprecation is not
 /// modelled yet, so `include_deprecated` changes nothing.
 pub fn describe_images(
     state: &State,

@@ -6,9 +6,9 @@
 //! `pending → running → stopping → stopped → pending → …`, and from any state but `terminated`
 //! `shutting-down → terminated`; every timed step is a timer fired by [`crate::tick`].
 //!
-//! [sim] Capacity is unlimited: RunInstances launches `max_count` instances unless the account's
+//! `[sim]` Capacity is unlimited: RunInstances launches `max_count` instances unless the account's
 //! instance or volume quota leaves fewer (then as many as fit, at least `min_count`).
-//! [sim] Terminated instances stay visible to DescribeInstances forever (EC2: about an hour).
+//! `[sim]` Terminated instances stay visible to DescribeInstances forever (EC2: about an hour).
 
 use std::collections::BTreeSet;
 
@@ -887,7 +887,7 @@ fn filter_values(i: &Instance, name: &str) -> Vec<String> {
     }
 }
 
-/// Renders an instance in the API's shape. Tags are the owner's ([sim]: only owners see
+/// Renders an instance in the API's shape. Tags are the owner's (`[sim]`: only owners see
 /// instances at all).
 pub fn render_instance(state: &State, inst: &Instance, ctx: &ReadCtx<'_>) -> pb::Instance {
     let block_device_mappings = inst
@@ -946,7 +946,7 @@ pub fn render_instance(state: &State, inst: &Instance, ctx: &ReadCtx<'_>) -> pb:
     }
 }
 
-/// DescribeInstances: the caller's instances (terminated ones included, [sim] forever), paged by
+/// DescribeInstances: the caller's instances (terminated ones included, `[sim]` forever), paged by
 /// instance id and grouped into reservations in order of their first instance on the page.
 pub fn describe_instances(
     state: &State,

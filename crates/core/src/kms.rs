@@ -11,7 +11,7 @@
 //! `KMSInvalidStateException`, …; [`ErrorCode`]`::Kms*`), never EC2's: an EC2 action that meets
 //! a bad key fails in EC2's way instead ([`crate::encryption`]).
 //!
-//! [sim] Decisions named here and in the tests:
+//! `[sim]` Decisions named here and in the tests:
 //! - The AWS managed key `alias/aws/ebs` is **implicit**: it exists for every account in every
 //!   region without an event, with a key id derived from (region, account)
 //!   ([`aws_managed_key_id`]), `Enabled`, created at the epoch, admitting only its account and
@@ -94,7 +94,7 @@ pub struct Key {
     /// Set while `PendingDeletion`.
     pub deletion_date_ms: Option<u64>,
     pub pending_window_in_days: i32,
-    /// [sim] Accounts besides the owner that may use the key.
+    /// `[sim]` Accounts besides the owner that may use the key.
     pub policy_account_ids: BTreeSet<String>,
     pub tags: Tags,
     /// The implicit AWS managed key (`alias/aws/ebs`).
@@ -125,7 +125,7 @@ pub fn alias_arn(region: &str, account: &str, alias_name: &str) -> String {
     format!("arn:aws:kms:{region}:{account}:{alias_name}")
 }
 
-/// [sim] The key id of the AWS managed EBS key of `account` in `region`: a UUID (version 4
+/// `[sim]` The key id of the AWS managed EBS key of `account` in `region`: a UUID (version 4
 /// form) derived from both, so every node and every replay agree without an event.
 pub fn aws_managed_key_id(region: &str, account: &str) -> String {
     let d = Sha256::digest(format!("amisim:aws/ebs:{region}:{account}").as_bytes());
@@ -871,7 +871,7 @@ fn check_policy_name(name: &str) -> Ec2Result<()> {
     }
 }
 
-/// PutKeyPolicy: replaces the simplified policy. [unconfirmed] allowed while `PendingDeletion`
+/// PutKeyPolicy: replaces the simplified policy. `[unconfirmed]` allowed while `PendingDeletion`
 /// (KMS lists PutKeyPolicy among the calls a key pending deletion still answers).
 pub fn put_key_policy(
     state: &State,
@@ -1068,7 +1068,7 @@ pub fn list_keys(
 }
 
 /// ListAliases: the caller's aliases (or one key's), by name; `limit` 1–100 (default 50).
-/// `alias/aws/ebs` is always listed ([sim]).
+/// `alias/aws/ebs` is always listed (`[sim]`).
 pub fn list_aliases(
     state: &State,
     ctx: &ReadCtx<'_>,

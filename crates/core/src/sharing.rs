@@ -13,7 +13,7 @@
 //!
 //! Events are facts of what changed: `LaunchPermissionChanged` and
 //! `CreateVolumePermissionChanged` carry only the grants that were really added or removed, so
-//! a request that changes nothing writes nothing. [`apply`] folds them (called by
+//! a request that changes nothing writes nothing. `apply` folds them (called by
 //! [`State::apply_payload`]).
 //!
 //! Checks run in §4.8's order — missing parameters → syntax and combinations → DryRun →
@@ -272,7 +272,7 @@ fn parse_item(item: &pb::LaunchPermission) -> Ec2Result<(LaunchPermission, Strin
 }
 
 /// §5.10 step 4: a 12-digit account, the group `all`, well-formed organization / OU ARNs, else
-/// `InvalidAMIAttributeItemValue` ([unconfirmed] text).
+/// `InvalidAMIAttributeItemValue` (`[unconfirmed]` text).
 fn check_item_value(p: &LaunchPermission, raw: &str) -> Ec2Result<()> {
     let (ok, kind) = match p {
         LaunchPermission::User(u) => (ids::is_account_id(u), "userId"),
@@ -719,7 +719,7 @@ fn value(v: impl Into<String>) -> Option<pb::AttributeValue> {
     Some(pb::AttributeValue { value: v.into() })
 }
 
-/// DescribeImageAttribute (§5.11): one attribute of an image the caller owns ([sim] owner only;
+/// DescribeImageAttribute (§5.11): one attribute of an image the caller owns (`[sim]` owner only;
 /// `blockDeviceMapping` is deprecated and always `AuthFailure`).
 pub fn describe_image_attribute(
     state: &State,
@@ -779,7 +779,7 @@ pub fn describe_image_attribute(
 // -------------------------------------------------------------------------------------------
 
 /// EnableImageBlockPublicAccess (§5.13): blocks new public sharing of the caller's images in
-/// this region after `Config::image_block_public_access_delay_ms` ([sim], default 0). Already
+/// this region after `Config::image_block_public_access_delay_ms` (`[sim]`, default 0). Already
 /// blocked (or being blocked): nothing changes.
 pub fn enable_image_block_public_access(
     state: &State,
@@ -897,8 +897,8 @@ fn volume_permission_record(p: &VolumePermission) -> pb::CreateVolumePermissionR
 }
 
 /// Syntax of one create-volume permission: exactly one field; a 12-digit account
-/// (`InvalidUserID.Malformed` [unconfirmed]) or the group `all` (`InvalidParameterValue`
-/// [unconfirmed]).
+/// (`InvalidUserID.Malformed` `[unconfirmed]`) or the group `all` (`InvalidParameterValue`
+/// `[unconfirmed]`).
 fn volume_permission(user_id: &str, group: &str) -> Ec2Result<VolumePermission> {
     match (user_id.is_empty(), group.is_empty()) {
         (false, true) => {
@@ -1081,7 +1081,7 @@ fn snapshot_attribute_params(snapshot_id: &str, attribute: &str) -> Ec2Result<()
 }
 
 /// DescribeSnapshotAttribute (§5.12): `createVolumePermission` or `productCodes` of a snapshot
-/// the caller owns ([sim] owner only).
+/// the caller owns (`[sim]` owner only).
 pub fn describe_snapshot_attribute(
     state: &State,
     ctx: &ReadCtx<'_>,

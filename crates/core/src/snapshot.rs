@@ -54,7 +54,7 @@ pub fn max_pending_per_volume(volume_type: &str) -> usize {
 }
 
 /// The progress string: `100%` once completed, else the elapsed share of the expected duration
-/// (floored, at most `99%`). [sim] An `error` snapshot shows `0%`: the failure time is not kept.
+/// (floored, at most `99%`). `[sim]` An `error` snapshot shows `0%`: the failure time is not kept.
 pub fn progress(s: &state::Snapshot, now_ms: u64) -> String {
     let pct = match s.state {
         SnapshotState::Completed => 100,

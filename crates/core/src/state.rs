@@ -89,7 +89,7 @@ pub struct Image {
     /// When a deregistered image stops being visible.
     pub forget_at_ms: Option<u64>,
     /// `DeprecationTime`: set to creation + 2 years when the image is first made public
-    /// (EC2_SEMANTICS.md §5.10; mechanism [unconfirmed]). Derived from the sharing events.
+    /// (EC2_SEMANTICS.md §5.10; mechanism `[unconfirmed]`). Derived from the sharing events.
     pub deprecation_time_ms: Option<u64>,
 }
 

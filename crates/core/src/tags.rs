@@ -95,7 +95,7 @@ pub fn render(tags: &Tags) -> Vec<Tag> {
 pub const MAX_RESOURCES: usize = 1_000;
 
 /// Checks `resources` (1..=1000 ids, each well formed with a taggable prefix: else `InvalidID`
-/// [unconfirmed] `The ID '<id>' is not valid`) and returns them without duplicates, in order.
+/// `[unconfirmed]` `The ID '<id>' is not valid`) and returns them without duplicates, in order.
 fn check_resources(resources: &[String]) -> Ec2Result<Vec<String>> {
     if resources.is_empty() {
         return Err(Ec2Error::missing("ResourceId"));

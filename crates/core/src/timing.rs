@@ -35,15 +35,15 @@ pub struct Config {
     pub max_images: usize,
     /// Snapshots per account: 100,000.
     pub max_snapshots: usize,
-    /// Pending snapshots per account ([unconfirmed] default): 100.
+    /// Pending snapshots per account (`[unconfirmed]` default): 100.
     pub max_pending_snapshots: usize,
     /// Minimum spacing of snapshots of one volume (15 s).
     pub snapshot_spacing_ms: u64,
-    /// Volumes per account ([sim]): 5,000.
+    /// Volumes per account (`[sim]`): 5,000.
     pub max_volumes: usize,
-    /// Instances per account, not terminated ([sim]): 1,000.
+    /// Instances per account, not terminated (`[sim]`): 1,000.
     pub max_instances: usize,
-    /// Concurrent CreateImage with no_reboot per account ([sim]): 100.
+    /// Concurrent CreateImage with no_reboot per account (`[sim]`): 100.
     pub max_concurrent_no_reboot: usize,
     /// Regions a copy may name as its source (else `InvalidRegion`): the simulated regions.
     pub known_regions: Vec<String>,
@@ -64,12 +64,12 @@ pub struct Config {
     pub copy_time_based_bytes_per_s: u64,
     /// A copied image turns `available` this long after its last snapshot completes (10 s).
     pub copy_image_available_delay_ms: u64,
-    /// Public AMIs per account ([unconfirmed] `ResourceLimitExceeded`): 5.
+    /// Public AMIs per account (`[unconfirmed]` `ResourceLimitExceeded`): 5.
     pub max_public_images: usize,
     /// Grantees per AMI: accounts, organizations and OUs, each counting once
-    /// ([unconfirmed] `ResourceLimitExceeded`): 1,000.
+    /// (`[unconfirmed]` `ResourceLimitExceeded`): 1,000.
     pub max_launch_permissions: usize,
-    /// EnableImageBlockPublicAccess applies after this long (EC2: up to 10 min; [sim] 0).
+    /// EnableImageBlockPublicAccess applies after this long (EC2: up to 10 min; `[sim]` 0).
     pub image_block_public_access_delay_ms: u64,
 }
 
@@ -122,7 +122,7 @@ impl Config {
         self.known_regions.iter().any(|r| r == region)
     }
 
-    /// `InvalidRegion` unless `region` is one of the simulated regions. [unconfirmed] wording.
+    /// `InvalidRegion` unless `region` is one of the simulated regions. `[unconfirmed]` wording.
     pub fn check_region(&self, region: &str) -> Ec2Result<()> {
         if self.is_known_region(region) {
             Ok(())

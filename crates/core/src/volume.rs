@@ -2,9 +2,9 @@
 //! DetachVolume and DescribeVolumes.
 //!
 //! A volume is `creating` for `config.volume_create_ms`, then `available` (`in-use` once
-//! attached). [sim] Attachments take effect at once: AttachVolume answers `attaching`,
+//! attached). `[sim]` Attachments take effect at once: AttachVolume answers `attaching`,
 //! DetachVolume `detaching`, and DescribeVolumes then shows `attached` / no attachment.
-//! [sim] Volumes count as fully written, so the first snapshot of a volume moves its whole size.
+//! `[sim]` Volumes count as fully written, so the first snapshot of a volume moves its whole size.
 
 use amisim_proto::event::Payload;
 use amisim_proto::{
@@ -473,7 +473,7 @@ pub fn attach_volume(
     ))
 }
 
-/// DetachVolume. [sim] The root device of an instance that is not `stopped` cannot be detached
+/// DetachVolume. `[sim]` The root device of an instance that is not `stopped` cannot be detached
 /// without `force`: `IncorrectState` `Unable to detach root volume '<vol>' from instance '<i>'`.
 pub fn detach_volume(
     state: &State,

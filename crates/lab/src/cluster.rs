@@ -6,7 +6,7 @@
 //! # Two modes
 //!
 //! - [`ClusterMode::InProcess`] (`amisim dev`, deterministic runs): the nodes are tasks of this
-//!   process, each behind a [`gate`] — a loopback forwarder that owns the node's public port
+//!   process, each behind a gate (`gate`) — a loopback forwarder that owns the node's public port
 //!   for the cluster's whole life. **Kill** drops every connection at once, stops the node's
 //!   server and drops the node *without* its clean shutdown (no final signed digest; its
 //!   writer ends after what it had queued, as a crash leaves whatever reached the disk; every
@@ -44,7 +44,7 @@
 //!
 //! - this file: the public API ([`ClusterSpec`], [`Cluster`], [`LabError`]) and the fault
 //!   bookkeeping common to both modes;
-//! - [`gate`]: the forwarder in front of an in-process node;
+//! - `gate`: the forwarder in front of an in-process node;
 //! - [`region_node`]: opening a region's data directory (also `amisim region`);
 //! - `in_process` / `processes`: starting and stopping one node in each mode;
 //! - `record`: the audit record of a fault.

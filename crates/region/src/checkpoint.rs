@@ -24,9 +24,9 @@
 //!
 //! # Writing
 //!
-//! [`Checkpointer`] runs on its own thread: every `every` events it takes the published state
-//! (an O(1) snapshot of the persistent maps) and writes it to a temporary file, fsyncs it,
-//! renames it into place and fsyncs the directory, then removes all but the newest
+//! The checkpointer (`Checkpointer`) runs on its own thread: every `every` events it takes the
+//! published state (an O(1) snapshot of the persistent maps) and writes it to a temporary file,
+//! fsyncs it, renames it into place and fsyncs the directory, then removes all but the newest
 //! [`KEEP`] checkpoints. The writer's path (decide, append, publish, answer) never waits for it.
 //! A clean shutdown writes one more, at the final head.
 

@@ -2167,7 +2167,7 @@ fn aws_managed_keys_are_recognised_in_every_form() {
     );
 }
 
-/// [unconfirmed] mechanism (EC2_SEMANTICS.md §5.10): making an AMI public sets its
+/// `[unconfirmed]` mechanism (EC2_SEMANTICS.md §5.10): making an AMI public sets its
 /// DeprecationTime to creation + 2 years (730 days here) if none is set; making it private again
 /// keeps the date, and sharing with an account does not set one.
 #[test]

@@ -1,9 +1,9 @@
 //! CloudTrail's LookupEvents and export over a region's records (ADR 0007).
 //!
 //! A region's trail has two sources, merged by time:
-//! - `AwsApiCall` records: the [`ApiCallRecorded`] events of the request log
-//!   ([`super::requests`]);
-//! - `SystemTransition` records ([sim], EC2_SEMANTICS.md §9): the state log's events written by
+//! - `AwsApiCall` records: the [`ApiCallRecorded`](amisim_proto::ApiCallRecorded) events of
+//!   the request log ([`super::requests`]);
+//! - `SystemTransition` records (`[sim]`, EC2_SEMANTICS.md §9): the state log's events written by
 //!   timers and sagas (envelope account `system`: completions, state changes, copy steps),
 //!   turned into records on read, so they are never stored twice.
 //!
