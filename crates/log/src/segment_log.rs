@@ -855,13 +855,13 @@ fn scan_segment(
         }
         let mut raw = [0u8; RECORD_HEADER_LEN];
         read_at(segment, &mut raw, pos)?;
-        if is_last && raw == [0u8; RECORD_HEADER_LEN] && !zeros_to_end(segment, pos, file_len)? {
-            // Written inside preallocated space, a record can reach the disk in part: its later
-            // pages without the one holding its header. No acknowledged record has a header of
-            // zeros, so this is the unacknowledged last write.
-            return ends_with("a record header of zero bytes, then other bytes");
-        }
         if is_last && raw == [0u8; RECORD_HEADER_LEN] {
+            if !zeros_to_end(segment, pos, file_len)? {
+                // Written inside preallocated space, a record can reach the disk in part: its
+                // later pages without the one holding its header. No acknowledged record has a
+                // header of zeros, so this is the unacknowledged last write.
+                return ends_with("a record header of zero bytes, then other bytes");
+            }
             // Preallocated space (or space a crash left allocated but unwritten): the records
             // end here. No real record is all zeros (count is at least 1). The record before
             // the zeros is the last one written, the only one a crash can have torn: check it
@@ -869,16 +869,12 @@ fn scan_segment(
             if let Some(last) = records[first_in_segment..].last().copied() {
                 if !record_is_whole(segment, &last)? {
                     records.pop();
-                    let pos = last.offset;
-                    let next_seq = records
-                        .last()
-                        .map_or(name_seq, |r: &RecordRef| r.last_seq() + 1);
                     return tail(
                         segment,
                         is_last,
-                        pos,
+                        last.offset,
                         file_len,
-                        next_seq,
+                        last.first_seq,
                         "a record whose checksum does not match, then zero bytes",
                     );
                 }

@@ -286,19 +286,7 @@ impl Writer {
     pub fn run_blocking(self) {
         let status = self.status.clone();
         let region = self.region.clone();
-        let rt = match tokio::runtime::Builder::new_current_thread()
-            .enable_time()
-            .build()
-        {
-            Ok(rt) => rt,
-            Err(e) => {
-                let why = format!("cannot build the writer's runtime: {e}");
-                tracing::error!(region = %region, error = %e, "region writer cannot start");
-                drop(self);
-                status.send_replace(NodeStatus::Failed(why));
-                return;
-            }
-        };
+        let (commits, queued) = std::sync::mpsc::sync_channel(COMMIT_QUEUE);
         let committer = Committer {
             region: region.clone(),
             log: self.log.clone(),
@@ -306,20 +294,26 @@ impl Writer {
             status: self.status.clone(),
             stats: self.stats.clone(),
         };
-        let (commits, queued) = std::sync::mpsc::sync_channel(COMMIT_QUEUE);
-        let committing =
-            match crate::spawn_node_thread(format!("amisim-commit-{region}"), move || {
-                committer.run(queued)
-            }) {
-                Ok(handle) => handle,
-                Err(e) => {
-                    let why = format!("cannot start the writer's commit thread: {e}");
-                    tracing::error!(region = %region, error = %e, "region writer cannot start");
-                    drop(self);
-                    status.send_replace(NodeStatus::Failed(why));
-                    return;
-                }
-            };
+        let started = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .map_err(|e| format!("cannot build the writer's runtime: {e}"))
+            .and_then(|rt| {
+                crate::spawn_node_thread(format!("amisim-commit-{region}"), move || {
+                    committer.run(queued)
+                })
+                .map(|committing| (rt, committing))
+                .map_err(|e| format!("cannot start the writer's commit thread: {e}"))
+            });
+        let (rt, committing) = match started {
+            Ok(started) => started,
+            Err(why) => {
+                tracing::error!(region = %region, error = %why, "region writer cannot start");
+                drop(self);
+                status.send_replace(NodeStatus::Failed(why));
+                return;
+            }
+        };
         let end = rt.block_on(self.run(commits));
         // `run` consumed the writer and hung up: the committer finishes what is queued, and
         // releases its log handle before anyone hears of the end.
